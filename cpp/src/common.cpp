@@ -1,0 +1,111 @@
+#include "common.h"
+
+#include "ggml.h"
+#include "gguf.h"
+#include "llama.h"
+
+#include <cstdio>
+#include <mutex>
+#include <sys/stat.h>
+#include <vector>
+
+namespace pyeagle {
+
+std::string format(const char * fmt, ...) {
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    const int n = vsnprintf(nullptr, 0, fmt, ap);
+    std::string out(n > 0 ? n : 0, '\0');
+    if (n > 0) vsnprintf(out.data(), out.size() + 1, fmt, ap2);
+    va_end(ap2);
+    va_end(ap);
+    return out;
+}
+
+namespace {
+std::mutex g_log_mutex;
+log_level g_level = log_level::error;
+std::string g_errors;     // recent error lines, bounded
+std::string g_partial;    // llama.cpp logs a line in pieces; keep the unfinished tail
+
+void sink(ggml_log_level level, const char * text, void *) {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    log_level lv = log_level::info;
+    switch (level) {
+        case GGML_LOG_LEVEL_DEBUG: lv = log_level::debug; break;
+        case GGML_LOG_LEVEL_WARN:  lv = log_level::warn;  break;
+        case GGML_LOG_LEVEL_ERROR: lv = log_level::error; break;
+        default: break;
+    }
+    if (lv >= log_level::error) {
+        g_errors += text;
+        if (g_errors.size() > 4096) g_errors.erase(0, g_errors.size() - 4096);
+    }
+    if (lv >= g_level) fputs(text, stderr);
+}
+}  // namespace
+
+void set_log_level(log_level level) {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    g_level = level;
+}
+
+void install_log_callback() {
+    llama_log_set(sink, nullptr);
+}
+
+std::string take_last_errors() {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    std::string out;
+    out.swap(g_errors);
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+}
+
+void log(log_level level, const char * fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char buf[1024];
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    ggml_log_level gl = level == log_level::error ? GGML_LOG_LEVEL_ERROR
+                      : level == log_level::warn  ? GGML_LOG_LEVEL_WARN
+                      : level == log_level::debug ? GGML_LOG_LEVEL_DEBUG : GGML_LOG_LEVEL_INFO;
+    sink(gl, buf, nullptr);
+}
+
+void check_gguf_file(const std::string & path) {
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) throw file_error(path, "no such file", true);
+    if (!S_ISREG(st.st_mode)) throw file_error(path, "not a regular file");
+    FILE * f = fopen(path.c_str(), "rb");
+    if (!f) throw file_error(path, "cannot open for reading");
+    char magic[4] = {0, 0, 0, 0};
+    const size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    if (n != 4 || magic[0] != 'G' || magic[1] != 'G' || magic[2] != 'U' || magic[3] != 'F') {
+        throw file_error(path, "not a GGUF file (bad magic)");
+    }
+    gguf_init_params params = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
+    take_last_errors();
+    gguf_context * g = gguf_init_from_file(path.c_str(), params);
+    if (!g) {
+        const std::string why = take_last_errors();
+        throw file_error(path, "corrupt or truncated GGUF" + (why.empty() ? std::string() : " (" + why + ")"));
+    }
+    // gguf checks the header; also check that all tensor data lies inside the file.
+    const size_t data_end = gguf_get_data_offset(g);
+    size_t max_end = data_end;
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+        const size_t end = data_end + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i);
+        if (end > max_end) max_end = end;
+    }
+    gguf_free(g);
+    if (max_end > (size_t) st.st_size) {
+        throw file_error(path, format("truncated GGUF: tensor data ends at byte %zu, file has %lld bytes",
+                                      max_end, (long long) st.st_size));
+    }
+}
+
+}  // namespace pyeagle

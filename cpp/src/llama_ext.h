@@ -1,0 +1,19 @@
+// llama.cpp's unstable layer-tap API (src/llama-ext.h upstream, not installed). libllama
+// exports these with C++ linkage; this file and llama_ext.cpp are the only places that name them.
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+#include <string>
+
+namespace pyeagle::ext {
+
+// Architectures whose graph records layer inputs (llama.cpp 0c1e570: src/models/*.cpp that set
+// t_layer_inp). Enabling a tap on any other architecture aborts inside llama.cpp.
+bool arch_has_layer_taps(const std::string & arch);
+void set_layer_tap(llama_context * ctx, uint32_t layer, bool on);
+// [n_tokens of the last decode, n_embd], token order (not output order)
+float * layer_tap(llama_context * ctx, uint32_t layer);
+
+}  // namespace pyeagle::ext

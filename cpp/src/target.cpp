@@ -1,0 +1,369 @@
+#include "target.h"
+
+#include "common.h"
+#include "llama_ext.h"
+
+#include "ggml-backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace pyeagle {
+
+namespace {
+
+// ggml's AMX matmul (compiled in by -march=native on AMX CPUs) segfaults on the first decode
+// (llama.cpp #20824). pyeagle's set-up builds without it; if a build that has it is loaded
+// anyway, give up the extra buffer types (AMX and repack) rather than crash.
+bool cpu_has_amx_buffer_type() {
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!cpu) return false;
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(cpu);
+    auto get_extra = (ggml_backend_dev_get_extra_bufts_t)
+        ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
+    if (!get_extra) return false;
+    for (ggml_backend_buffer_type_t * b = get_extra(cpu); b && *b; ++b) {
+        if (strstr(ggml_backend_buft_name(*b), "AMX")) return true;
+    }
+    return false;
+}
+
+bool abort_requested(void * data) {
+    return static_cast<std::atomic<bool> *>(data)->load();
+}
+
+}  // namespace
+
+target::target(const target_params & params) : params_(params) {
+    if (params.n_ctx < 8)        throw std::invalid_argument(format("target: n_ctx %d is too small", params.n_ctx));
+    if (params.n_batch < 1)      throw std::invalid_argument(format("target: n_batch %d < 1", params.n_batch));
+    if (params.n_seq_max < 1 || params.n_seq_max > 256) {  // LLAMA_MAX_SEQ (src/llama-cparams.h)
+        throw std::invalid_argument(format("target: n_seq_max %d outside [1, 256]", params.n_seq_max));
+    }
+    check_gguf_file(params.path);
+
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = params.n_gpu_layers;
+    if (cpu_has_amx_buffer_type()) {
+        log(log_level::warn, "pyeagle: this llama.cpp build has ggml's AMX path, which crashes on first "
+                             "decode (llama.cpp #20824); loading without extra buffer types. Rebuild with "
+                             "scripts/setup.sh for the fast repack kernels.\n");
+        mp.use_extra_bufts = false;
+    }
+    take_last_errors();
+    model_.reset(llama_model_load_from_file(params.path.c_str(), mp));
+    if (!model_) {
+        const std::string why = take_last_errors();
+        throw file_error(params.path, "llama.cpp could not load the model" + (why.empty() ? "" : ": " + why));
+    }
+    vocab_   = llama_model_get_vocab(model_.get());
+    n_vocab_ = llama_vocab_n_tokens(vocab_);
+    n_embd_  = llama_model_n_embd(model_.get());
+    n_layer_ = llama_model_n_layer(model_.get());
+    arch_    = meta("general.architecture");
+
+    for (int32_t l : params.tap_layers) {
+        if (!ext::arch_has_layer_taps(arch_)) {
+            throw std::invalid_argument(format("target: architecture '%s' exposes no layer taps (EAGLE-3 needs "
+                                               "them): %s", arch_.c_str(), params.path.c_str()));
+        }
+        if (l < 0 || l >= n_layer_) {
+            throw std::invalid_argument(format("target: tap layer %d outside [0, %d) (%s)", l, n_layer_,
+                                               params.path.c_str()));
+        }
+    }
+
+    n_threads_ = params.n_threads > 0 ? params.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx           = params.n_ctx;
+    cp.n_batch         = std::min(params.n_batch, params.n_ctx);
+    cp.n_ubatch        = cp.n_batch;        // a tree is never split across ubatches
+    // a tree has at most n_batch leaves; and llama.cpp asserts n_seq_max <= n_outputs_max (= n_batch)
+    cp.n_seq_max       = std::min((uint32_t) params.n_seq_max, cp.n_batch);
+    cp.kv_unified      = true;              // required for a multi-sequence tree batch
+    cp.n_threads       = n_threads_;
+    cp.n_threads_batch = n_threads_;
+    cp.pooling_type    = LLAMA_POOLING_TYPE_NONE;
+    cp.embeddings      = false;
+    cp.no_perf         = true;
+    cp.flash_attn_type = params.flash_attn < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO
+                       : params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (params.kv_f32) cp.type_k = cp.type_v = GGML_TYPE_F32;
+    ctx_.reset(llama_init_from_model(model_.get(), cp));
+    if (!ctx_) {
+        const std::string why = take_last_errors();
+        throw std::runtime_error(format("target: could not create a llama.cpp context (n_ctx %d, n_batch %d) for "
+                                        "%s%s%s", params.n_ctx, params.n_batch, params.path.c_str(),
+                                        why.empty() ? "" : ": ", why.c_str()));
+    }
+    n_ctx_     = (int32_t) llama_n_ctx(ctx_.get());
+    n_batch_   = (int32_t) llama_n_batch(ctx_.get());
+    n_seq_max_ = (int32_t) llama_n_seq_max(ctx_.get());
+    llama_set_abort_callback(ctx_.get(), abort_requested, &abort_);
+    batch_.reset(new llama_batch(llama_batch_init(n_batch_, 0, n_seq_max_)));
+}
+
+// --- vocabulary ---------------------------------------------------------------------------
+
+std::vector<llama_token> target::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    std::vector<llama_token> out(text.size() + 8);
+    int32_t n = llama_tokenize(vocab_, text.data(), (int32_t) text.size(), out.data(), (int32_t) out.size(),
+                               add_special, parse_special);
+    if (n < 0) {
+        out.resize(-n);
+        n = llama_tokenize(vocab_, text.data(), (int32_t) text.size(), out.data(), (int32_t) out.size(),
+                           add_special, parse_special);
+    }
+    if (n < 0) throw std::runtime_error("tokenize: llama.cpp failed to tokenize the text");
+    out.resize(n);
+    return out;
+}
+
+std::string target::token_to_piece(llama_token id, bool special) const {
+    check_tokens(&id, 1);
+    char buf[256];
+    int32_t n = llama_token_to_piece(vocab_, id, buf, sizeof(buf), 0, special);
+    if (n >= 0) return std::string(buf, n);
+    std::string big(-n, '\0');
+    n = llama_token_to_piece(vocab_, id, big.data(), (int32_t) big.size(), 0, special);
+    return big.substr(0, std::max(n, 0));
+}
+
+std::string target::detokenize(const std::vector<llama_token> & ids, bool special) const {
+    check_tokens(ids.data(), (int32_t) ids.size());
+    std::string out(ids.size() * 8 + 16, '\0');
+    int32_t n = llama_detokenize(vocab_, ids.data(), (int32_t) ids.size(), out.data(), (int32_t) out.size(),
+                                 false, !special);
+    if (n < 0) {
+        out.resize(-n);
+        n = llama_detokenize(vocab_, ids.data(), (int32_t) ids.size(), out.data(), (int32_t) out.size(), false,
+                             !special);
+    }
+    out.resize(std::max(n, 0));
+    return out;
+}
+
+bool target::is_eog(llama_token id) const { return llama_vocab_is_eog(vocab_, id); }
+
+std::vector<llama_token> target::eog_tokens() const {
+    std::vector<llama_token> out;
+    for (llama_token t = 0; t < n_vocab_; ++t) {
+        if (llama_vocab_is_eog(vocab_, t)) out.push_back(t);
+    }
+    return out;
+}
+
+llama_token target::bos() const { return llama_vocab_bos(vocab_); }
+
+std::string target::chat_template() const {
+    const char * t = llama_model_chat_template(model_.get(), nullptr);
+    return t ? t : "";
+}
+
+std::string target::meta(const std::string & key) const {
+    char buf[512];
+    const int32_t n = llama_model_meta_val_str(model_.get(), key.c_str(), buf, sizeof(buf));
+    if (n < 0) return "";
+    if ((size_t) n < sizeof(buf)) return std::string(buf, n);
+    std::string big(n + 1, '\0');
+    llama_model_meta_val_str(model_.get(), key.c_str(), big.data(), big.size());
+    big.resize(n);
+    return big;
+}
+
+void target::check_tokens(const llama_token * ids, int32_t n) const {
+    for (int32_t i = 0; i < n; ++i) {
+        if (ids[i] < 0 || ids[i] >= n_vocab_) {
+            throw std::invalid_argument(format("token id %d outside the vocabulary [0, %d)", ids[i], n_vocab_));
+        }
+    }
+}
+
+// --- state --------------------------------------------------------------------------------
+
+void target::truncate(int32_t n_keep) {
+    if (n_keep < 0 || n_keep > n_past()) {
+        throw std::invalid_argument(format("truncate: n_keep %d outside [0, %d]", n_keep, n_past()));
+    }
+    if (has_tree()) discard_tree();
+    llama_memory_seq_rm(llama_get_memory(ctx_.get()), 0, n_keep, -1);
+    tokens_.resize(n_keep);
+}
+
+void target::set_features(bool on) {
+    if (on == features_) return;
+    features_ = on;
+    llama_set_embeddings(ctx_.get(), on);
+    for (int32_t l : params_.tap_layers) ext::set_layer_tap(ctx_.get(), (uint32_t) l, on);
+}
+
+// --- evaluation ---------------------------------------------------------------------------
+
+void target::decode_batch(int32_t n_tokens, const char * what) {
+    batch_->n_tokens = n_tokens;
+    take_last_errors();
+    const int32_t ret = llama_decode(ctx_.get(), *batch_);
+    if (ret == 0) return;
+    const std::string why = take_last_errors();
+    if (ret == 1) throw context_full(format("%s: no KV slot for %d tokens (n_ctx %d): %s", what, n_tokens, n_ctx_, why.c_str()));
+    if (ret == 2) throw std::runtime_error(format("%s: cancelled", what));
+    throw std::runtime_error(format("%s: llama_decode failed (%d)%s%s", what, ret, why.empty() ? "" : ": ", why.c_str()));
+}
+
+void target::copy_features(int32_t row0, int32_t n_tokens) {
+    const size_t n_taps = params_.tap_layers.size();
+    for (int32_t i = 0; i < n_tokens; ++i) {
+        const float * h = llama_get_embeddings_ith(ctx_.get(), i);
+        if (!h) throw std::runtime_error("target: llama.cpp returned no hidden state");
+        std::memcpy(hidden_.data() + (size_t) (row0 + i) * n_embd_, h, sizeof(float) * n_embd_);
+    }
+    for (size_t k = 0; k < n_taps; ++k) {
+        const float * t = ext::layer_tap(ctx_.get(), (uint32_t) params_.tap_layers[k]);
+        for (int32_t i = 0; i < n_tokens; ++i) {
+            std::memcpy(taps_.data() + ((size_t) (row0 + i) * n_taps + k) * n_embd_,
+                        t + (size_t) i * n_embd_, sizeof(float) * n_embd_);
+        }
+    }
+}
+
+void target::prefill(const llama_token * ids, int32_t n) {
+    if (has_tree()) throw std::logic_error("prefill: a verified tree is not committed yet");
+    if (n < 1) throw std::invalid_argument("prefill: no tokens");
+    check_tokens(ids, n);
+    if (n_past() + n > n_ctx_) {
+        throw context_full(format("context full: %d tokens in context + %d new > n_ctx %d", n_past(), n, n_ctx_));
+    }
+    n_rows_ = features_ ? n : 0;
+    n_logits_ = 0;
+    hidden_.resize((size_t) n_rows_ * n_embd_);
+    taps_.resize((size_t) n_rows_ * n_embd_ * params_.tap_layers.size());
+    const int32_t n_past0 = n_past();
+    for (int32_t i0 = 0; i0 < n; i0 += n_batch_) {
+        const int32_t m = std::min(n_batch_, n - i0);
+        for (int32_t i = 0; i < m; ++i) {
+            batch_->token[i]     = ids[i0 + i];
+            batch_->pos[i]       = n_past() + i;
+            batch_->n_seq_id[i]  = 1;
+            batch_->seq_id[i][0] = 0;
+            batch_->logits[i]    = features_ || i0 + i == n - 1;
+        }
+        try {
+            decode_batch(m, "prefill");
+        } catch (...) {
+            llama_memory_seq_rm(llama_get_memory(ctx_.get()), 0, n_past0, -1);  // all or nothing
+            tokens_.resize(n_past0);
+            throw;
+        }
+        if (features_) copy_features(i0, m);
+        tokens_.insert(tokens_.end(), ids + i0, ids + i0 + m);
+        last_logits_row_ = m - 1;
+    }
+}
+
+void target::verify(const llama_token * ids, const int32_t * parent, int32_t n) {
+    if (has_tree()) throw std::logic_error("verify: the previous tree is not committed yet");
+    if (n < 1) throw std::invalid_argument("verify: empty tree");
+    if (n > n_batch_) {
+        throw std::invalid_argument(format("verify: tree of %d nodes exceeds n_batch %d", n, n_batch_));
+    }
+    check_tokens(ids, n);
+    std::vector<int32_t> depth(n, 0);
+    std::vector<char> has_child(n, 0);
+    if (parent[0] != -1) throw std::invalid_argument("verify: node 0 must be the root (parent -1)");
+    for (int32_t i = 1; i < n; ++i) {
+        if (parent[i] < 0 || parent[i] >= i) {
+            throw std::invalid_argument(format("verify: node %d has parent %d (need 0 <= parent < %d)", i, parent[i], i));
+        }
+        depth[i] = depth[parent[i]] + 1;
+        if (depth[i] < depth[i - 1]) throw std::invalid_argument(format("verify: node %d is out of depth order", i));
+        has_child[parent[i]] = 1;
+    }
+    if (n_past() + n > n_ctx_) {
+        throw context_full(format("context full: %d tokens in context + tree of %d > n_ctx %d", n_past(), n, n_ctx_));
+    }
+    int32_t n_leaves = 0;
+    for (int32_t i = 0; i < n; ++i) n_leaves += !has_child[i];
+    if (n_leaves > n_seq_max_) {
+        throw std::invalid_argument(format("verify: tree has %d leaves > n_seq_max %d", n_leaves, n_seq_max_));
+    }
+
+    // leaf j owns seq j; every ancestor of a leaf carries its seq (ascending, so tree_seq_ is a leaf below)
+    tree_seq_.assign(n, -1);
+    for (int32_t i = 0; i < n; ++i) batch_->n_seq_id[i] = 0;
+    int32_t seq = 0;
+    for (int32_t leaf = 0; leaf < n; ++leaf) {
+        if (has_child[leaf]) continue;
+        for (int32_t j = leaf; j >= 0; j = parent[j]) {
+            batch_->seq_id[j][batch_->n_seq_id[j]++] = seq;
+            if (tree_seq_[j] < 0) tree_seq_[j] = seq;
+        }
+        ++seq;
+    }
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    for (int32_t s = 1; s < n_leaves; ++s) llama_memory_seq_cp(mem, 0, s, -1, -1);
+    for (int32_t i = 0; i < n; ++i) {
+        batch_->token[i]  = ids[i];
+        batch_->pos[i]    = n_past() + depth[i];
+        batch_->logits[i] = 1;
+    }
+    tree_n_ = n;  // from here on the KV holds tree cells
+    tree_n_leaves_ = n_leaves;
+    tree_parent_.assign(parent, parent + n);
+    tree_depth_ = std::move(depth);
+    try {
+        decode_batch(n, "verify");
+    } catch (...) {
+        discard_tree();
+        throw;
+    }
+    n_rows_ = features_ ? n : 0;
+    hidden_.resize((size_t) n_rows_ * n_embd_);
+    taps_.resize((size_t) n_rows_ * n_embd_ * params_.tap_layers.size());
+    if (features_) copy_features(0, n);
+    last_logits_row_ = n - 1;
+    n_logits_ = n;
+    tree_tokens_.assign(ids, ids + n);
+}
+
+void target::commit(const std::vector<int32_t> & path) {
+    if (!has_tree()) throw std::logic_error("commit: no verified tree");
+    if (path.empty() || path[0] != 0) throw std::invalid_argument("commit: the path must start at the root (node 0)");
+    for (size_t k = 1; k < path.size(); ++k) {
+        if (path[k] <= 0 || path[k] >= tree_n_ || tree_parent_[path[k]] != path[k - 1]) {
+            throw std::invalid_argument(format("commit: node %d is not a child of node %d", path[k], path[k - 1]));
+        }
+    }
+    const int32_t last = path.back();
+    const llama_seq_id s = tree_seq_[last];
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    llama_memory_seq_rm(mem, s, n_past() + tree_depth_[last] + 1, -1);  // the unverified tail below `last`
+    if (s != 0) {
+        llama_memory_seq_keep(mem, s);
+        llama_memory_seq_cp(mem, s, 0, -1, -1);
+    }
+    llama_memory_seq_keep(mem, 0);
+    for (int32_t node : path) tokens_.push_back(tree_tokens_[node]);
+    tree_n_ = 0;
+}
+
+void target::discard_tree() {
+    if (!has_tree()) return;
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    for (int32_t s = 1; s < tree_n_leaves_; ++s) llama_memory_seq_rm(mem, s, -1, -1);
+    llama_memory_seq_rm(mem, 0, n_past(), -1);
+    tree_n_ = 0;
+}
+
+const float * target::last_logits() const {
+    if (last_logits_row_ < 0) throw std::logic_error("no logits yet: nothing was decoded");
+    return logits(last_logits_row_);
+}
+
+const float * target::logits(int32_t i) const {
+    const float * p = llama_get_logits_ith(ctx_.get(), i);
+    if (!p) throw std::out_of_range(format("no logits for row %d of the last decode", i));
+    return p;
+}
+
+}  // namespace pyeagle

@@ -1,0 +1,8 @@
+"""pyeagle: EAGLE-2 speculative decoding with dynamic draft trees on GGUF models."""
+from __future__ import annotations
+
+from ._core import ContextFullError, ModelFileError, Target, set_log_level
+
+__version__ = "0.1.0"
+
+__all__ = ["ContextFullError", "ModelFileError", "Target", "set_log_level", "__version__"]

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_gguf import TinySpec, write_tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_f32(models_dir) -> Path:
+    return write_tiny_llama(models_dir / "tiny-f32.gguf", TinySpec(weight_type="f32"))
+
+
+@pytest.fixture(scope="session")
+def tiny_f16(models_dir) -> Path:
+    return write_tiny_llama(models_dir / "tiny-f16.gguf", TinySpec(weight_type="f16"))
+
+
+@pytest.fixture(scope="session")
+def tiny_q8(models_dir) -> Path:
+    return write_tiny_llama(models_dir / "tiny-q8_0.gguf", TinySpec(weight_type="q8_0"))
