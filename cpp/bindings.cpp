@@ -1,5 +1,7 @@
 // pybind11 bindings: translation only. Every call into llama.cpp/ggml releases the GIL.
+#include "pyeagle/engine.h"
 #include "common.h"
+#include "draft_head.h"
 #include "target.h"
 
 #include <pybind11/numpy.h>
@@ -13,7 +15,8 @@ using namespace pyeagle;
 
 namespace {
 
-py::array_t<float> rows(const float * (target::*row)(int32_t) const, const target & t, int32_t n, size_t width) {
+template <typename T>
+py::array_t<float> rows(const float * (T::*row)(int32_t) const, const T & t, int32_t n, size_t width) {
     py::array_t<float> out({(py::ssize_t) n, (py::ssize_t) width});
     float * dst = out.mutable_data();
     for (int32_t i = 0; i < n; ++i) std::memcpy(dst + (size_t) i * width, (t.*row)(i), sizeof(float) * width);
@@ -121,4 +124,121 @@ PYBIND11_MODULE(_core, m) {
         .def("taps", [](const target & t) {
                  return rows(&target::taps, t, t.n_rows(), (size_t) t.n_embd() * t.tap_layers().size());
              }, "EAGLE-3 layer inputs, [n_rows, n_taps * n_embd], low to high");
+
+    py::class_<draft_head>(m, "DraftHead")
+        .def(py::init([](const std::string & path, const target & tgt, int32_t n_ctx, int32_t n_batch) {
+                 py::gil_scoped_release release;
+                 return std::make_unique<draft_head>(path, tgt, n_ctx, n_batch);
+             }), py::arg("path"), py::arg("target"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512,
+             py::keep_alive<1, 3>())
+        .def_property_readonly("eagle3", &draft_head::eagle3)
+        .def_property_readonly("n_embd", &draft_head::n_embd)
+        .def_property_readonly("n_feature", &draft_head::n_feature)
+        .def_property_readonly("n_draft_vocab", &draft_head::n_draft_vocab)
+        .def_property_readonly("tap_layers", &draft_head::tap_layers)
+        .def_property_readonly("n_committed", &draft_head::n_committed)
+        .def_property_readonly("n_kv", &draft_head::n_kv)
+        .def("to_target", &draft_head::to_target, py::arg("draft_id"))
+        .def("prefix", [](draft_head & d, const std::vector<llama_token> & tokens,
+                          py::array_t<float, py::array::c_style | py::array::forcecast> features, int32_t pos0) {
+                 if (features.ndim() != 2 || features.shape(0) != (py::ssize_t) tokens.size() ||
+                     features.shape(1) != d.n_feature()) {
+                     throw std::invalid_argument(format("prefix: features must be [%zu, %d]", tokens.size(), d.n_feature()));
+                 }
+                 const float * f = features.data();
+                 py::gil_scoped_release release;
+                 d.prefix(tokens.data(), f, pos0, (int32_t) tokens.size());
+             }, py::arg("tokens"), py::arg("features"), py::arg("pos0"))
+        .def("tree", [](draft_head & d, const std::vector<llama_token> & tokens,
+                        py::array_t<float, py::array::c_style | py::array::forcecast> inputs,
+                        const std::vector<int32_t> & pos, const std::vector<int32_t> & cell_parent) {
+                 const size_t n = tokens.size();
+                 if (inputs.ndim() != 2 || inputs.shape(0) != (py::ssize_t) n || inputs.shape(1) != d.n_embd() ||
+                     pos.size() != n || cell_parent.size() != n) {
+                     throw std::invalid_argument(format("tree: need inputs [%zu, %d], pos [%zu], cell_parent [%zu]", n, d.n_embd(), n, n));
+                 }
+                 const float * in = inputs.data();
+                 py::gil_scoped_release release;
+                 return d.tree(tokens.data(), in, pos.data(), cell_parent.data(), (int32_t) n);
+             }, py::arg("tokens"), py::arg("inputs"), py::arg("pos"), py::arg("cell_parent"))
+        .def("rollback", &draft_head::rollback)
+        .def("truncate", &draft_head::truncate, py::arg("n_keep"))
+        .def("y", [](const draft_head & d) { return rows(&draft_head::y, d, d.n_out(), d.n_embd()); },
+             "predicted features of the last eval's rows, [n, n_embd]")
+        .def("logits", [](const draft_head & d) { return rows(&draft_head::logits, d, d.n_logit_rows(), d.n_draft_vocab()); },
+             "draft logits of the last eval: every tree row, or the last row of a prefix, [rows, n_draft_vocab]");
+    m.def("vocab_hash", &vocab_hash, py::arg("target"));
+
+    py::class_<gen_stats>(m, "Stats")
+        .def_readonly("n_prompt", &gen_stats::n_prompt)
+        .def_readonly("n_reused", &gen_stats::n_reused)
+        .def_readonly("n_tokens", &gen_stats::n_tokens)
+        .def_readonly("n_passes", &gen_stats::n_passes, "target passes after the prefill (rounds)")
+        .def_readonly("accepted_hist", &gen_stats::accepted_hist, "[k]: rounds that accepted k drafts")
+        .def_readonly("t_prefill", &gen_stats::t_prefill)
+        .def_readonly("t_draft", &gen_stats::t_draft)
+        .def_readonly("t_verify", &gen_stats::t_verify)
+        .def_readonly("t_accept", &gen_stats::t_accept)
+        .def_readonly("t_total", &gen_stats::t_total)
+        .def_property_readonly("tau", &gen_stats::tau, "mean tokens emitted per target pass (accepted drafts + 1)")
+        .def_property_readonly("tokens_per_s", [](const gen_stats & s) {
+            const double t = s.t_total - s.t_prefill;
+            return t > 0 ? s.n_tokens / t : 0.0;
+        }, "generated tokens per second, prefill excluded")
+        .def("__repr__", [](const gen_stats & s) {
+            return format("Stats(n_tokens=%d, n_passes=%d, tau=%.2f, prefill=%.3fs, draft=%.3fs, verify=%.3fs, "
+                          "accept=%.3fs, total=%.3fs)", s.n_tokens, s.n_passes, s.tau(), s.t_prefill, s.t_draft,
+                          s.t_verify, s.t_accept, s.t_total);
+        });
+
+    py::class_<engine>(m, "CoreEngine")
+        .def(py::init([](const std::string & target_path, const std::string & draft_path, int32_t n_ctx,
+                         int32_t n_threads, int32_t n_gpu_layers, int32_t n_batch, int32_t flash_attn, bool kv_f32) {
+                 engine_params p{target_path, draft_path, n_ctx, n_threads, n_gpu_layers, n_batch, flash_attn, kv_f32};
+                 py::gil_scoped_release release;
+                 return std::make_unique<engine>(p);
+             }), py::arg("target"), py::arg("draft") = "", py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
+             py::arg("n_gpu_layers") = 0, py::arg("n_batch") = 512, py::arg("flash_attn") = -1,
+             py::arg("kv_f32") = false)
+        .def("generate", [](engine & e, const std::vector<int32_t> & prompt, int32_t n_depth, int32_t n_top_k,
+                            int32_t n_tree, bool draft, float temperature, float top_p, int32_t top_k, uint64_t seed,
+                            int32_t max_tokens, std::vector<int32_t> stop_tokens, py::object callback) {
+                 gen_params gp;
+                 gp.n_depth = n_depth; gp.n_top_k = n_top_k; gp.n_tree = n_tree; gp.draft = draft;
+                 gp.temperature = temperature; gp.top_p = top_p; gp.top_k = top_k; gp.seed = seed;
+                 gp.max_tokens = max_tokens; gp.stop_tokens = std::move(stop_tokens);
+                 // once per round: Python's callback, and Ctrl-C (KeyboardInterrupt) stops the loop
+                 std::unique_ptr<py::error_already_set> error;
+                 on_tokens cb = [&](const std::vector<int32_t> & toks) {
+                     py::gil_scoped_acquire acquire;
+                     try {
+                         if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                         if (!callback.is_none()) return callback(toks).cast<bool>();
+                         return true;
+                     } catch (py::error_already_set & err) {
+                         error = std::make_unique<py::error_already_set>(std::move(err));
+                         return false;
+                     }
+                 };
+                 gen_result r;
+                 {
+                     py::gil_scoped_release release;
+                     r = e.generate(prompt, gp, cb);
+                 }
+                 if (error) throw std::move(*error);
+                 return py::make_tuple(r.tokens, r.stop_reason, r.stats);
+             }, py::arg("prompt"), py::arg("n_depth"), py::arg("n_top_k"), py::arg("n_tree"), py::arg("draft"),
+             py::arg("temperature"), py::arg("top_p"), py::arg("top_k"), py::arg("seed"), py::arg("max_tokens"),
+             py::arg("stop_tokens"), py::arg("callback"))
+        .def("cancel", &engine::cancel)
+        .def("reset", &engine::reset, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("target", [](engine & e) -> target & { return e.tgt(); }, py::return_value_policy::reference_internal)
+        .def_property_readonly("has_head", [](engine & e) { return e.head() != nullptr; })
+        .def("set_draft_oracle", [](engine & e, py::object fn) {
+                 if (fn.is_none()) { e.set_draft_oracle(nullptr); return; }
+                 e.set_draft_oracle([fn](const std::vector<int32_t> & ctx, std::vector<std::pair<float, int32_t>> & out, int32_t k) {
+                     py::gil_scoped_acquire acquire;
+                     out = fn(ctx, k).cast<std::vector<std::pair<float, int32_t>>>();
+                 });
+             }, py::arg("fn"), "test hook: fn(context_tokens, k) -> [(logprob, token)] replaces the head's drafts");
 }

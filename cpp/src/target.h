@@ -58,6 +58,7 @@ public:
     int32_t n_batch()   const { return n_batch_; }
     int32_t n_seq_max() const { return n_seq_max_; }
     int32_t n_threads() const { return n_threads_; }
+    int32_t n_gpu_layers() const { return params_.n_gpu_layers; }
     const std::vector<int32_t> & tap_layers() const { return params_.tap_layers; }
     llama_model * model() const { return model_.get(); }
 

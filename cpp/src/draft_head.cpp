@@ -1,0 +1,461 @@
+#include "draft_head.h"
+
+#include "common.h"
+
+#include "ggml-cpu.h"
+#include "gguf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+namespace pyeagle {
+
+std::string vocab_hash(const target & tgt) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (llama_token t = 0; t < tgt.n_vocab(); ++t) {
+        const char * s = llama_vocab_get_text(llama_model_get_vocab(tgt.model()), t);
+        for (const char * p = s; ; ++p) {
+            h ^= (uint8_t) *p;
+            h *= 0x100000001b3ull;
+            if (*p == '\0') break;
+        }
+    }
+    return format("%016llx", (unsigned long long) h);
+}
+
+struct draft_head::weights {
+    ggml_tensor * tok_embd = nullptr, * out = nullptr, * out_norm = nullptr;
+    ggml_tensor * fc = nullptr, * fc_b = nullptr;
+    ggml_tensor * attn_norm = nullptr, * attn_norm_2 = nullptr;  // EAGLE-3 only
+    ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;
+    ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
+    ggml_tensor * ffn_norm = nullptr, * gate = nullptr, * up = nullptr, * down = nullptr;
+    ggml_tensor * k_cache = nullptr, * v_cache = nullptr;  // [n_head_kv * head_dim, n_ctx] f32
+};
+
+namespace {
+
+// A GGUF file opened for validated reads: every accessor checks the type first (gguf's own
+// getters abort on a type mismatch) and names the file and the key in its error.
+struct gguf_file {
+    std::string path;
+    gguf_context * g = nullptr;
+    ggml_context * meta = nullptr;  // tensor metadata only
+
+    explicit gguf_file(const std::string & p) : path(p) {
+        check_gguf_file(p);
+        gguf_init_params params = {/*no_alloc =*/ true, /*ctx =*/ &meta};
+        g = gguf_init_from_file(p.c_str(), params);
+        if (!g) throw file_error(p, "corrupt GGUF (" + take_last_errors() + ")");
+    }
+    ~gguf_file() {
+        if (g) gguf_free(g);
+        if (meta) ggml_free(meta);
+    }
+    gguf_file(const gguf_file &) = delete;
+    gguf_file & operator=(const gguf_file &) = delete;
+
+    int64_t find(const std::string & key, gguf_type type, bool required) const {
+        const int64_t id = gguf_find_key(g, key.c_str());
+        if (id < 0) {
+            if (required) throw file_error(path, "missing key " + key);
+            return -1;
+        }
+        if (gguf_get_kv_type(g, id) != type) {
+            throw file_error(path, format("key %s has type %s, expected %s", key.c_str(),
+                                          gguf_type_name(gguf_get_kv_type(g, id)), gguf_type_name(type)));
+        }
+        return id;
+    }
+    uint32_t u32(const std::string & key, bool required = true, uint32_t def = 0) const {
+        const int64_t id = find(key, GGUF_TYPE_UINT32, required);
+        return id < 0 ? def : gguf_get_val_u32(g, id);
+    }
+    float f32(const std::string & key, bool required = true, float def = 0) const {
+        const int64_t id = find(key, GGUF_TYPE_FLOAT32, required);
+        return id < 0 ? def : gguf_get_val_f32(g, id);
+    }
+    std::string str(const std::string & key, bool required = true) const {
+        const int64_t id = find(key, GGUF_TYPE_STRING, required);
+        return id < 0 ? "" : gguf_get_val_str(g, id);
+    }
+    std::vector<int32_t> i32_array(const std::string & key) const {
+        const int64_t id = find(key, GGUF_TYPE_ARRAY, true);
+        if (gguf_get_arr_type(g, id) != GGUF_TYPE_INT32 && gguf_get_arr_type(g, id) != GGUF_TYPE_UINT32) {
+            throw file_error(path, "key " + key + " is not an array of 32-bit integers");
+        }
+        const int32_t * d = (const int32_t *) gguf_get_arr_data(g, id);
+        return std::vector<int32_t>(d, d + gguf_get_arr_n(g, id));
+    }
+    // Tensor metadata, validated: shape ne (trailing 1s implied), allowed type.
+    ggml_tensor * tensor(const std::string & name, std::vector<int64_t> ne, bool required, bool matrix) const {
+        ggml_tensor * t = ggml_get_tensor(meta, name.c_str());
+        if (!t) {
+            if (required) throw file_error(path, "missing tensor " + name);
+            return nullptr;
+        }
+        ne.resize(GGML_MAX_DIMS, 1);
+        for (int d = 0; d < GGML_MAX_DIMS; ++d) {
+            if (t->ne[d] != ne[d]) {
+                throw file_error(path, format("tensor %s has shape [%lld, %lld, %lld], expected [%lld, %lld, %lld]",
+                    name.c_str(), (long long) t->ne[0], (long long) t->ne[1], (long long) t->ne[2],
+                    (long long) ne[0], (long long) ne[1], (long long) ne[2]));
+            }
+        }
+        const bool ok = matrix ? (t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16 ||
+                                  t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q4_0 || t->type == GGML_TYPE_Q4_1 ||
+                                  t->type == GGML_TYPE_Q5_0 || t->type == GGML_TYPE_Q5_1 || t->type == GGML_TYPE_Q4_K ||
+                                  t->type == GGML_TYPE_Q5_K || t->type == GGML_TYPE_Q6_K)
+                               : t->type == GGML_TYPE_F32;
+        if (!ok) throw file_error(path, format("tensor %s has unsupported type %s", name.c_str(), ggml_type_name(t->type)));
+        if (t->ne[0] % ggml_blck_size(t->type) != 0) {
+            throw file_error(path, format("tensor %s: row of %lld is not a multiple of the %s block", name.c_str(),
+                                          (long long) t->ne[0], ggml_type_name(t->type)));
+        }
+        return t;
+    }
+    // Copies a tensor's data from the file into dst (same type and shape, on any backend).
+    void read(const ggml_tensor * src, ggml_tensor * dst) const {
+        const int64_t id = gguf_find_tensor(g, ggml_get_name(src));
+        const size_t offset = gguf_get_data_offset(g) + gguf_get_tensor_offset(g, id);
+        const size_t n = ggml_nbytes(src);
+        std::vector<uint8_t> buf(n);
+        FILE * f = fopen(path.c_str(), "rb");
+        if (!f) throw file_error(path, "cannot open for reading");
+        const bool ok = fseek(f, (long) offset, SEEK_SET) == 0 && fread(buf.data(), 1, n, f) == n;
+        fclose(f);
+        if (!ok) throw file_error(path, std::string("short read of tensor ") + ggml_get_name(src));
+        ggml_backend_tensor_set(dst, buf.data(), 0, n);
+    }
+};
+
+}  // namespace
+
+draft_head::draft_head(const std::string & path, const target & tgt, int32_t n_ctx, int32_t n_batch_max)
+    : path_(path), w_(new weights), n_ctx_(n_ctx), n_batch_max_(n_batch_max) {
+    if (n_ctx < 1 || n_batch_max < 1 || n_batch_max > n_ctx) {
+        throw std::invalid_argument(format("draft head: bad sizes n_ctx %d, n_batch %d", n_ctx, n_batch_max));
+    }
+    load(tgt);
+    cell_parent_.assign(n_ctx_, -1);
+    cell_pos_.assign(n_ctx_, 0);
+
+    // Reserve the compute buffer once for the largest graph: later evals reuse it.
+    alloc_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_.get())));
+    graph_meta_.resize(ggml_tensor_overhead() * 1024 + ggml_graph_overhead_custom(1024, false));
+    for (bool features : {true, false}) {
+        ggml_cgraph * gf = build(n_batch_max_, n_ctx_, features);
+        if (!ggml_gallocr_reserve(alloc_.get(), gf)) throw std::runtime_error("draft head: cannot allocate compute buffer");
+    }
+}
+
+draft_head::~draft_head() = default;
+
+void draft_head::load(const target & tgt) {
+    gguf_file f(path_);
+    const std::string arch = f.str("general.architecture");
+    if (arch != "eagle" && arch != "eagle3") {
+        throw file_error(path_, "architecture '" + arch + "' is not an EAGLE head (eagle or eagle3)");
+    }
+    eagle3_ = arch == "eagle3";
+    const std::string a = arch + ".";
+
+    // the target fingerprint: never pair a head with the wrong target
+    const uint32_t t_vocab = f.u32("pyeagle.target.vocab_size", false, (uint32_t) tgt.n_vocab());
+    if ((int32_t) t_vocab != tgt.n_vocab()) {
+        throw std::invalid_argument(format("draft head %s was made for a target with %u tokens; %s has %d",
+                                           path_.c_str(), t_vocab, tgt.path().c_str(), tgt.n_vocab()));
+    }
+    const std::string hash = f.str("pyeagle.target.vocab_hash", false);
+    if (!hash.empty() && hash != vocab_hash(tgt)) {
+        throw std::invalid_argument(format("draft head %s was made for another target's vocabulary (hash %s, %s has %s)",
+                                           path_.c_str(), hash.c_str(), tgt.path().c_str(), vocab_hash(tgt).c_str()));
+    }
+
+    n_embd_    = (int32_t) f.u32(a + "embedding_length");
+    n_ff_      = (int32_t) f.u32(a + "feed_forward_length");
+    n_head_    = (int32_t) f.u32(a + "attention.head_count");
+    n_head_kv_ = (int32_t) f.u32(a + "attention.head_count_kv", false, n_head_);
+    eps_       = f.f32(a + "attention.layer_norm_rms_epsilon", false, 1e-5f);
+    rope_base_ = f.f32(a + "rope.freq_base", false, 10000.0f);
+    n_ctx_train_ = (int32_t) f.u32(a + "context_length", false, 4096);
+    if (n_embd_ <= 0 || n_head_ <= 0 || n_head_kv_ <= 0 || n_embd_ % n_head_ != 0 || n_head_ % n_head_kv_ != 0 ||
+        n_ff_ <= 0 || n_embd_ > 65536 || n_ff_ > 1 << 20) {
+        throw file_error(path_, format("inconsistent sizes: hidden %d, heads %d/%d, ff %d", n_embd_, n_head_,
+                                       n_head_kv_, n_ff_));
+    }
+    head_dim_ = n_embd_ / n_head_;
+    const int64_t h = n_embd_, h_kv = (int64_t) head_dim_ * n_head_kv_, ff = n_ff_;
+
+    int64_t h_t = tgt.n_embd();
+    if (eagle3_) {
+        h_t = f.u32(a + "target_hidden_size", false, (uint32_t) tgt.n_embd());
+        if (h_t != tgt.n_embd()) {
+            throw std::invalid_argument(format("draft head %s expects target hidden size %lld; %s has %d",
+                                               path_.c_str(), (long long) h_t, tgt.path().c_str(), tgt.n_embd()));
+        }
+        tap_layers_ = f.i32_array(a + "target_layers");
+        if (tap_layers_.size() != 3) throw file_error(path_, "eagle3.target_layers must hold 3 layers");
+        for (int32_t l : tap_layers_) {
+            if (l < 0 || l >= tgt.n_layer()) {
+                throw std::invalid_argument(format("draft head %s taps layer %d; %s has %d layers", path_.c_str(), l,
+                                                   tgt.path().c_str(), tgt.n_layer()));
+            }
+        }
+        n_feat_ = (int32_t) (3 * h_t);
+    } else {
+        if (h != tgt.n_embd()) {
+            throw std::invalid_argument(format("draft head %s: hidden %lld != target hidden %d (%s)", path_.c_str(),
+                                               (long long) h, tgt.n_embd(), tgt.path().c_str()));
+        }
+        n_feat_ = (int32_t) h;
+    }
+
+    // the head's own tensors (validated), then the target's embedding / output matrix
+    const int64_t in_attn = eagle3_ ? 2 * h : h;
+    struct entry { ggml_tensor * src; ggml_tensor ** dst; const gguf_file * file; };
+    std::vector<entry> entries;
+    auto want = [&](const gguf_file & file, const char * name, std::vector<int64_t> ne, bool req, bool mat,
+                    ggml_tensor ** dst) {
+        if (ggml_tensor * t = file.tensor(name, std::move(ne), req, mat)) entries.push_back({t, dst, &file});
+    };
+    want(f, "fc.weight", {eagle3_ ? 3 * h_t : 2 * h, h}, true, true, &w_->fc);
+    want(f, "fc.bias", {h}, false, false, &w_->fc_b);
+    want(f, "blk.0.attn_q.weight", {in_attn, h}, true, true, &w_->wq);
+    want(f, "blk.0.attn_k.weight", {in_attn, h_kv}, true, true, &w_->wk);
+    want(f, "blk.0.attn_v.weight", {in_attn, h_kv}, true, true, &w_->wv);
+    want(f, "blk.0.attn_output.weight", {h, h}, true, true, &w_->wo);
+    want(f, "blk.0.attn_q.bias", {h}, false, false, &w_->bq);
+    want(f, "blk.0.attn_k.bias", {h_kv}, false, false, &w_->bk);
+    want(f, "blk.0.attn_v.bias", {h_kv}, false, false, &w_->bv);
+    want(f, "blk.0.ffn_norm.weight", {h}, true, false, &w_->ffn_norm);
+    want(f, "blk.0.ffn_gate.weight", {h, ff}, true, true, &w_->gate);
+    want(f, "blk.0.ffn_up.weight", {h, ff}, true, true, &w_->up);
+    want(f, "blk.0.ffn_down.weight", {ff, h}, true, true, &w_->down);
+    if (eagle3_) {
+        want(f, "blk.0.attn_norm.weight", {h}, true, false, &w_->attn_norm);
+        want(f, "blk.0.attn_norm_2.weight", {h}, true, false, &w_->attn_norm_2);
+        want(f, "output_norm.weight", {h}, true, false, &w_->out_norm);
+    }
+    // Draft vocabulary: the head's own output rows (+ d2t) or the target's whole output matrix.
+    ggml_tensor * d2t = ggml_get_tensor(f.meta, "d2t");
+    ggml_tensor * out = ggml_get_tensor(f.meta, "output.weight");
+    if (out) {
+        n_vocab_d_ = (int32_t) out->ne[1];
+        if (n_vocab_d_ < 1 || n_vocab_d_ > tgt.n_vocab()) throw file_error(path_, "output.weight has a bad row count");
+        want(f, "output.weight", {h, n_vocab_d_}, true, true, &w_->out);
+        if (n_vocab_d_ != tgt.n_vocab() || d2t) {
+            if (!d2t || d2t->type != GGML_TYPE_I64 || d2t->ne[0] != n_vocab_d_ || ggml_nelements(d2t) != n_vocab_d_) {
+                throw file_error(path_, format("a draft vocabulary of %d rows needs d2t (i64, [%d])", n_vocab_d_, n_vocab_d_));
+            }
+        }
+    } else if (eagle3_) {
+        throw file_error(path_, "missing tensor output.weight");
+    } else {
+        n_vocab_d_ = tgt.n_vocab();
+        if (d2t) throw file_error(path_, "d2t without output.weight");
+    }
+    gguf_file tf(tgt.path());
+    if (ggml_get_tensor(f.meta, "token_embd.weight")) {
+        want(f, "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->tok_embd);
+    } else {
+        if (h != tgt.n_embd()) throw file_error(path_, "no token_embd.weight, and the target's has another width");
+        want(tf, "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->tok_embd);
+    }
+    if (!w_->out) {
+        const bool has_out = ggml_get_tensor(tf.meta, "output.weight") != nullptr;  // else tied embeddings
+        want(tf, has_out ? "output.weight" : "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->out);
+    }
+
+    // backend: the target's device (GPU when layers are offloaded), else CPU
+    ggml_backend_dev_t dev = nullptr;
+    if (tgt.n_gpu_layers() != 0) dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
+    backend_.reset(dev ? ggml_backend_dev_init(dev, nullptr) : ggml_backend_cpu_init());
+    if (!backend_) throw std::runtime_error("draft head: cannot initialise a ggml backend");
+    set_n_threads(tgt.n_threads());
+
+    ggml_init_params ip = {ggml_tensor_overhead() * (entries.size() + 4), nullptr, true};
+    ctx_w_.reset(ggml_init(ip));
+    for (auto & e : entries) {
+        *e.dst = ggml_dup_tensor(ctx_w_.get(), e.src);
+        ggml_set_name(*e.dst, ggml_get_name(e.src));
+    }
+    w_->k_cache = ggml_new_tensor_2d(ctx_w_.get(), GGML_TYPE_F32, h_kv, n_ctx_);
+    w_->v_cache = ggml_new_tensor_2d(ctx_w_.get(), GGML_TYPE_F32, h_kv, n_ctx_);
+    buf_w_.reset(ggml_backend_alloc_ctx_tensors(ctx_w_.get(), backend_.get()));
+    if (!buf_w_) throw std::runtime_error("draft head: cannot allocate weights");
+    ggml_backend_buffer_set_usage(buf_w_.get(), GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    for (auto & e : entries) e.file->read(e.src, *e.dst);
+
+    if (d2t && out) {
+        std::vector<int64_t> v(n_vocab_d_);
+        const int64_t id = gguf_find_tensor(f.g, "d2t");
+        FILE * fp = fopen(path_.c_str(), "rb");
+        const bool ok = fp && fseek(fp, (long) (gguf_get_data_offset(f.g) + gguf_get_tensor_offset(f.g, id)), SEEK_SET) == 0 &&
+                        fread(v.data(), sizeof(int64_t), v.size(), fp) == v.size();
+        if (fp) fclose(fp);
+        if (!ok) throw file_error(path_, "short read of d2t");
+        for (int64_t t : v) {
+            if (t < 0 || t >= tgt.n_vocab()) throw file_error(path_, format("d2t maps to token %lld outside the target vocabulary", (long long) t));
+        }
+        d2t_ = std::move(v);
+    }
+}
+
+void draft_head::set_n_threads(int32_t n) {
+    if (ggml_backend_is_cpu(backend_.get())) ggml_backend_cpu_set_n_threads(backend_.get(), std::max(1, n));
+}
+
+ggml_cgraph * draft_head::build(int32_t n, int32_t n_kv_after, bool from_target) {
+    ggml_init_params ip = {graph_meta_.size(), graph_meta_.data(), true};
+    ggml_context * ctx = ggml_init(ip);  // metadata only, in graph_meta_: nothing allocated
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 1024, false);
+    const weights & w = *w_;
+    const int64_t h = n_embd_, h_kv = (int64_t) head_dim_ * n_head_kv_;
+    const int32_t n_kv_before = n_kv_after - n;
+
+    t_tokens_ = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
+    t_inputs_ = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, from_target ? n_feat_ : h, n);
+    t_pos_    = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
+    t_mask_   = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_kv_after, n);
+    for (ggml_tensor * t : {t_tokens_, t_inputs_, t_pos_, t_mask_}) ggml_set_input(t);
+
+    auto norm = [&](ggml_tensor * x, ggml_tensor * g) { return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps_), g); };
+    auto linear = [&](ggml_tensor * W, ggml_tensor * x, ggml_tensor * b) {
+        ggml_tensor * y = ggml_mul_mat(ctx, W, x);
+        return b ? ggml_add(ctx, y, b) : y;
+    };
+
+    ggml_tensor * emb = ggml_get_rows(ctx, w.tok_embd, t_tokens_);  // [h, n]
+    ggml_tensor * x, * resid;
+    if (!eagle3_) {
+        // EAGLE-1/2: z = fc(cat(E[x], f)); no attention pre-norm
+        x = resid = linear(w.fc, ggml_concat(ctx, emb, t_inputs_, 0), w.fc_b);
+    } else {
+        // EAGLE-3: hidden = fc(taps) for target rows, the head's own y inside the tree
+        ggml_tensor * hid = from_target ? ggml_mul_mat(ctx, w.fc, t_inputs_) : t_inputs_;
+        x = ggml_concat(ctx, norm(emb, w.attn_norm), norm(hid, w.attn_norm_2), 0);  // [2h, n]
+        resid = hid;
+    }
+    ggml_tensor * q = ggml_reshape_3d(ctx, linear(w.wq, x, w.bq), head_dim_, n_head_, n);
+    ggml_tensor * k = ggml_reshape_3d(ctx, linear(w.wk, x, w.bk), head_dim_, n_head_kv_, n);
+    ggml_tensor * v = linear(w.wv, x, w.bv);  // [h_kv, n]
+    q = ggml_rope_ext(ctx, q, t_pos_, nullptr, head_dim_, 0, n_ctx_train_, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    k = ggml_rope_ext(ctx, k, t_pos_, nullptr, head_dim_, 0, n_ctx_train_, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+
+    // write this batch's K/V into cells [n_kv_before, n_kv_after)
+    const size_t row = w.k_cache->nb[1];
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k, h_kv, n),
+                                           ggml_view_2d(ctx, w.k_cache, h_kv, n, row, n_kv_before * row)));
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, v, ggml_view_2d(ctx, w.v_cache, h_kv, n, row, n_kv_before * row)));
+
+    ggml_tensor * K = ggml_permute(ctx, ggml_view_3d(ctx, w.k_cache, head_dim_, n_head_kv_, n_kv_after,
+                                                     head_dim_ * sizeof(float), row, 0), 0, 2, 1, 3);  // [hd, kv, hkv]
+    ggml_tensor * V = ggml_cont(ctx, ggml_permute(ctx, ggml_view_3d(ctx, w.v_cache, head_dim_, n_head_kv_, n_kv_after,
+                                                     head_dim_ * sizeof(float), row, 0), 1, 2, 0, 3));  // [kv, hd, hkv]
+    ggml_tensor * Q = ggml_permute(ctx, q, 0, 2, 1, 3);                                            // [hd, n, heads]
+    ggml_tensor * kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, K, Q), t_mask_, 1.0f / std::sqrt((float) head_dim_), 0.0f);
+    ggml_tensor * o = ggml_cont(ctx, ggml_permute(ctx, ggml_mul_mat(ctx, V, kq), 0, 2, 1, 3));   // [hd, heads, n]
+    o = ggml_mul_mat(ctx, w.wo, ggml_reshape_2d(ctx, o, h, n));
+
+    ggml_tensor * a = ggml_add(ctx, resid, o);
+    ggml_tensor * m = norm(a, w.ffn_norm);
+    ggml_tensor * y = ggml_add(ctx, a, ggml_mul_mat(ctx, w.down, ggml_mul(ctx, ggml_silu(ctx, ggml_mul_mat(ctx, w.gate, m)),
+                                                                          ggml_mul_mat(ctx, w.up, m))));
+    t_y_ = y;
+    // committed rows need the logits of the last row only (the depth-1 candidates)
+    ggml_tensor * y_out = from_target ? ggml_view_2d(ctx, y, h, 1, y->nb[1], (size_t) (n - 1) * y->nb[1]) : y;
+    t_logits_ = ggml_mul_mat(ctx, w.out, eagle3_ ? norm(y_out, w.out_norm) : y_out);  // [n_vocab_d, n or 1]
+    ggml_set_output(t_y_);
+    ggml_set_output(t_logits_);
+    ggml_build_forward_expand(gf, t_y_);
+    ggml_build_forward_expand(gf, t_logits_);
+    ggml_free(ctx);  // frees nothing but the context struct: the metadata lives in graph_meta_
+    return gf;
+}
+
+void draft_head::eval(const llama_token * tokens, const float * inputs, bool from_target,
+                      const int32_t * pos, int32_t n) {
+    if (n < 1 || n > n_batch_max_) {
+        throw std::invalid_argument(format("draft head: batch of %d rows outside [1, %d]", n, n_batch_max_));
+    }
+    if (n_kv_ + n > n_ctx_) {
+        throw context_full(format("draft head: context full (%d cells + %d > %d)", n_kv_, n, n_ctx_));
+    }
+    const int32_t n_kv_after = n_kv_ + n;
+    ggml_cgraph * gf = build(n, n_kv_after, from_target);
+    if (!ggml_gallocr_alloc_graph(alloc_.get(), gf)) throw std::runtime_error("draft head: graph allocation failed");
+
+    // mask [n, n_kv_after]: a committed row sees the committed cells up to itself (causal); a
+    // tree row sees every committed cell and its tree ancestors and itself
+    mask_.assign((size_t) n * n_kv_after, -INFINITY);
+    for (int32_t i = 0; i < n; ++i) {
+        float * mrow = mask_.data() + (size_t) i * n_kv_after;
+        const int32_t cell = n_kv_ + i;
+        if (from_target) {
+            for (int32_t c = 0; c <= cell; ++c) mrow[c] = 0.0f;
+        } else {
+            for (int32_t c = 0; c < n_committed_; ++c) mrow[c] = 0.0f;
+            for (int32_t c = cell; c >= n_committed_; c = cell_parent_[c]) mrow[c] = 0.0f;
+        }
+    }
+    std::vector<int32_t> tok(tokens, tokens + n);
+    ggml_backend_tensor_set(t_tokens_, tok.data(), 0, sizeof(int32_t) * n);
+    ggml_backend_tensor_set(t_inputs_, inputs, 0, ggml_nbytes(t_inputs_));
+    ggml_backend_tensor_set(t_pos_, pos, 0, sizeof(int32_t) * n);
+    ggml_backend_tensor_set(t_mask_, mask_.data(), 0, ggml_nbytes(t_mask_));
+    if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) {
+        throw std::runtime_error("draft head: graph compute failed");
+    }
+    out_y_.resize((size_t) n * n_embd_);
+    out_logits_.resize(ggml_nelements(t_logits_));
+    ggml_backend_tensor_get(t_y_, out_y_.data(), 0, ggml_nbytes(t_y_));
+    ggml_backend_tensor_get(t_logits_, out_logits_.data(), 0, ggml_nbytes(t_logits_));
+    n_kv_ = n_kv_after;
+    n_out_ = n;
+    n_logit_rows_ = (int32_t) t_logits_->ne[1];
+}
+
+void draft_head::prefix(const llama_token * tokens, const float * features, int32_t pos0, int32_t n) {
+    if (n_kv_ != n_committed_) throw std::logic_error("draft head: prefix() with tree cells present; rollback() first");
+    std::vector<int32_t> pos(n);
+    for (int32_t i = 0; i < n; ++i) pos[i] = pos0 + i;
+    for (int32_t i0 = 0; i0 < n; i0 += n_batch_max_) {
+        const int32_t m = std::min(n_batch_max_, n - i0);
+        eval(tokens + i0, features + (size_t) i0 * n_feat_, true, pos.data() + i0, m);
+        for (int32_t i = 0; i < m; ++i) {
+            cell_parent_[n_committed_ + i] = -1;
+            cell_pos_[n_committed_ + i] = pos[i0 + i];
+        }
+        n_committed_ = n_kv_;
+    }
+}
+
+int32_t draft_head::tree(const llama_token * tokens, const float * inputs, const int32_t * pos,
+                         const int32_t * cell_parent, int32_t n) {
+    const int32_t first = n_kv_;
+    for (int32_t i = 0; i < n; ++i) {
+        const int32_t p = cell_parent[i];
+        if (p != -1 && (p < n_committed_ || p >= first)) {
+            throw std::invalid_argument(format("draft head: tree row %d has parent cell %d outside [%d, %d)", i, p,
+                                               n_committed_, first));
+        }
+        if (first + i < n_ctx_) {
+            cell_parent_[first + i] = p;  // -1 ends the ancestor walk at the committed prefix
+            cell_pos_[first + i] = pos[i];
+        }
+    }
+    eval(tokens, inputs, false, pos, n);
+    return first;
+}
+
+void draft_head::truncate(int32_t n_keep) {
+    if (n_keep < 0 || n_keep > n_committed_) {
+        throw std::invalid_argument(format("draft head: truncate(%d) outside [0, %d]", n_keep, n_committed_));
+    }
+    n_committed_ = n_kv_ = n_keep;
+}
+
+}  // namespace pyeagle

@@ -1,0 +1,59 @@
+#include "tree.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace pyeagle {
+
+void tree_builder::add_children(int32_t parent, const std::vector<std::pair<float, int32_t>> & logp_token) {
+    const int32_t depth = parent < 0 ? 1 : cands_[parent].depth + 1;
+    const float base = parent < 0 ? 0.0f : cands_[parent].score;
+    for (const auto & [logp, tok] : logp_token) cands_.push_back({tok, parent, depth, base + logp});
+}
+
+std::vector<int32_t> tree_builder::best_at_depth(int32_t depth, int32_t k) const {
+    std::vector<int32_t> idx;
+    for (int32_t i = 0; i < (int32_t) cands_.size(); ++i) {
+        if (cands_[i].depth == depth) idx.push_back(i);
+    }
+    const size_t keep = std::min<size_t>(k, idx.size());
+    std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), [&](int32_t a, int32_t b) {
+        return cands_[a].score > cands_[b].score || (cands_[a].score == cands_[b].score && a < b);
+    });
+    idx.resize(keep);
+    return idx;
+}
+
+draft_tree tree_builder::rerank(int32_t m) const {
+    std::vector<int32_t> rank(cands_.size());
+    std::iota(rank.begin(), rank.end(), 0);
+    auto better = [&](int32_t a, int32_t b) {
+        const candidate & x = cands_[a], & y = cands_[b];
+        if (x.score != y.score) return x.score > y.score;
+        if (x.depth != y.depth) return x.depth < y.depth;
+        return a < b;  // a parent was added before its children
+    };
+    const size_t keep = std::min<size_t>(std::max(m, 0), rank.size());
+    std::partial_sort(rank.begin(), rank.begin() + keep, rank.end(), better);
+    rank.resize(keep);
+    // by depth, then by rank inside a depth: parent before child, siblings best first
+    std::stable_sort(rank.begin(), rank.end(), [&](int32_t a, int32_t b) { return cands_[a].depth < cands_[b].depth; });
+
+    draft_tree t;
+    t.token = {root_}; t.parent = {-1}; t.depth = {0}; t.score = {0.0f}; t.cand = {-1};
+    std::vector<int32_t> node_of(cands_.size(), -1);
+    for (int32_t c : rank) {
+        const candidate & x = cands_[c];
+        const int32_t p = x.parent < 0 ? 0 : node_of[x.parent];
+        if (p < 0) continue;  // unreachable: the ranking keeps every kept node's parent
+        node_of[c] = t.size();
+        t.token.push_back(x.token);
+        t.parent.push_back(p);
+        t.depth.push_back(x.depth);
+        t.score.push_back(x.score);
+        t.cand.push_back(c);
+    }
+    return t;
+}
+
+}  // namespace pyeagle

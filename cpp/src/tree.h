@@ -1,0 +1,52 @@
+// EAGLE-2 dynamic draft tree: candidates grown by expansion, then reranked into the tree that the
+// target verifies. No model in here: the engine feeds draft log-probs in.
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace pyeagle {
+
+// A flat tree in verification order.
+//   node 0 is the root (the last produced token, parent -1, depth 0, logp 0)
+//   parent[i] < i; depth non-decreasing; position of node i = n_past + depth[i]
+struct draft_tree {
+    std::vector<llama_token> token;  // [n]
+    std::vector<int32_t>     parent; // [n]
+    std::vector<int32_t>     depth;  // [n]
+    std::vector<float>       score;  // [n] cumulative draft log-prob along the root path
+    std::vector<int32_t>     cand;   // [n] index of the candidate each node came from (root: -1)
+    int32_t size() const { return (int32_t) token.size(); }
+};
+
+// Every candidate that expansion produced: k at depth 1, k*k per further depth.
+struct candidate {
+    llama_token token;
+    int32_t     parent;  // candidate index, -1 for children of the root
+    int32_t     depth;   // >= 1
+    float       score;   // parent score + draft log-prob of token
+    int32_t     row = -1;  // head KV cell of this candidate once expanded (-1: not expanded)
+};
+
+class tree_builder {
+public:
+    void reset(llama_token root) { root_ = root; cands_.clear(); }
+    // Adds the children (token, logp) of candidate `parent` (-1: the root); scores accumulate.
+    void add_children(int32_t parent, const std::vector<std::pair<float, int32_t>> & logp_token);
+    // The k best candidates at `depth` by score (ties: lower index): the next frontier.
+    std::vector<int32_t> best_at_depth(int32_t depth, int32_t k) const;
+    // The best m candidates overall (ties toward shallower nodes, which keeps the set connected:
+    // a child never outscores its parent), root prepended, ordered by depth: the tree to verify.
+    draft_tree rerank(int32_t m) const;
+
+    std::vector<candidate> & candidates() { return cands_; }
+    const std::vector<candidate> & candidates() const { return cands_; }
+
+private:
+    llama_token root_ = 0;
+    std::vector<candidate> cands_;
+};
+
+}  // namespace pyeagle

@@ -1,0 +1,186 @@
+"""The Python API: Engine.generate / Engine.stream over the C++ round loop."""
+from __future__ import annotations
+
+import codecs
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+from . import _core
+
+log = logging.getLogger("pyeagle")
+
+Prompt = Union[str, Sequence[int]]
+
+# Tree defaults for this project's CPU (REFERENCE.md section 6): verifying 4 nodes costs ~1.5x a
+# single step and 8 nodes ~2.4x, so a CPU round verifies few nodes; depth stays high so that a
+# confident head (the model repeating itself) can still draft a long, narrow chain. On a GPU a
+# 60-node verification costs about one step: pass n_tree=60, n_top_k=10 (the paper's setting).
+CPU_TREE = dict(n_depth=8, n_top_k=4, n_tree=8)
+GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60)
+
+
+@dataclass
+class Output:
+    text: str
+    tokens: list[int]               # the new tokens only
+    stop_reason: str                # eog | stop_token | stop_string | max_tokens | context_full | cancelled
+    stats: _core.Stats = field(repr=False)
+
+
+class Engine:
+    """A target GGUF and, optionally, an EAGLE draft head GGUF (draft=None: plain decoding).
+
+    With no model arguments the embedded default (SmolLM2-135M-Instruct + its trained head) is
+    used. A call whose prompt extends the previous conversation reuses the KV prefix.
+    """
+
+    def __init__(self, target: str | Path | None = None, draft: str | Path | None = "default",
+                 n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0, n_batch: int = 512,
+                 n_depth: int | None = None, n_top_k: int | None = None, n_tree: int | None = None,
+                 flash_attn: int = -1, kv_f32: bool = False):
+        if target is None:
+            from . import models
+            target = models.default_target()
+            if draft == "default":
+                draft = models.default_head()
+        elif draft == "default":
+            draft = None
+        self.target_path = str(target)
+        self.draft_path = str(draft) if draft else None
+        self._core = _core.CoreEngine(self.target_path, self.draft_path or "", n_ctx=n_ctx, n_threads=n_threads,
+                                      n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
+                                      kv_f32=kv_f32)
+        tree = dict(GPU_TREE if n_gpu_layers else CPU_TREE)
+        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree)):
+            if v is not None:
+                tree[k] = v
+        self.tree = tree
+        self._lock = threading.Lock()
+
+    # --- facts --------------------------------------------------------------------------
+    @property
+    def target(self) -> _core.Target:
+        return self._core.target
+
+    @property
+    def has_draft(self) -> bool:
+        return self._core.has_head
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.target.tokenize(text, add_special=add_special, parse_special=True)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.target.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+    # --- generation ---------------------------------------------------------------------
+    def generate(self, prompt: Prompt, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
+                 draft: bool = True, n_depth: int | None = None, n_top_k: int | None = None,
+                 n_tree: int | None = None) -> Output:
+        pieces = []
+        out = None
+        for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
+                               n_depth, n_top_k, n_tree):
+            if isinstance(piece, Output):
+                out = piece
+            else:
+                pieces.append(piece)
+        assert out is not None
+        return out
+
+    def stream(self, prompt: Prompt, **kw) -> Iterator[str]:
+        """Yields text once per round (UTF-8 safe); the final Output is in `self.last`."""
+        for piece in self._run(prompt, **self._stream_kw(kw)):
+            if isinstance(piece, Output):
+                self.last = piece
+            elif piece:
+                yield piece
+
+    def cancel(self) -> None:
+        """Stops a running generate()/stream() (from another thread) within one round."""
+        self._core.cancel()
+
+    def reset(self) -> None:
+        """Forgets the conversation held in the KV cache."""
+        self._core.reset()
+
+    @staticmethod
+    def _stream_kw(kw: dict) -> dict:
+        names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft",
+                 "n_depth", "n_top_k", "n_tree")
+        unknown = set(kw) - set(names)
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}")
+        defaults = dict(max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=(), stop_token_ids=(),
+                        draft=True, n_depth=None, n_top_k=None, n_tree=None)
+        defaults.update(kw)
+        return defaults
+
+    def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, n_depth,
+             n_top_k, n_tree):
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("empty prompt")
+        if isinstance(stop, str):
+            stop = [stop]
+        tree = dict(self.tree)
+        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree)):
+            if v is not None:
+                tree[k] = v
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text_parts: list[str] = []
+        pieces: queue.Queue = queue.Queue()
+        state: dict = {"stopped_at": None}
+        tgt = self.target
+
+        def on_tokens(tokens: list[int]) -> bool:  # once per round, on the worker thread
+            new = "".join(decoder.decode(tgt.token_to_piece(t)) for t in tokens)
+            text_parts.append(new)
+            if stop:
+                text = "".join(text_parts)
+                hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+                if hits:
+                    state["stopped_at"] = min(hits)
+                    return False
+            pieces.put(new)
+            return True
+
+        def work():
+            try:
+                state["result"] = self._core.generate(
+                    ids, tree["n_depth"], tree["n_top_k"], tree["n_tree"], bool(draft), float(temperature),
+                    float(top_p), int(top_k), int(seed), int(max_tokens), list(stop_token_ids), on_tokens)
+            except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+                state["error"] = e
+            finally:
+                pieces.put(None)
+
+        # The C++ loop runs on a worker thread with the GIL released, so this thread can stream
+        # pieces and take Ctrl-C: KeyboardInterrupt cancels the loop (within one round), waits
+        # for it, and leaves the engine usable.
+        with self._lock:
+            worker = threading.Thread(target=work, name="pyeagle-generate", daemon=True)
+            worker.start()
+            try:
+                while True:
+                    piece = pieces.get()
+                    if piece is None:
+                        break
+                    yield piece
+            except BaseException:
+                self._core.cancel()
+                worker.join()
+                raise
+            worker.join()
+        if "error" in state:
+            raise state["error"]
+        tokens, reason, stats = state["result"]
+        text = "".join(text_parts) + decoder.decode(b"", final=True)
+        if state["stopped_at"] is not None:
+            text = text[: state["stopped_at"]]
+            reason = "stop_string"
+        yield Output(text=text, tokens=list(tokens), stop_reason=reason, stats=stats)
