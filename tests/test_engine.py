@@ -1,0 +1,135 @@
+"""The speculative engine: greedy output equals plain decoding; sampling keeps the distribution;
+stops inside an accepted path; cancellation.
+
+Exactness runs on the tiny f32 model with flash attention off and an f32 KV cache: there batched
+and single-token logits differ by ~6e-6 at most (tests/test_target.py), far below any argmax
+margin these seeds produce, so a difference in tokens is a bug.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pyeagle import Engine, Target
+
+EXACT = dict(n_ctx=1024, n_threads=1, flash_attn=0, kv_f32=True)
+PROMPTS = ["the tree of code", "write a fast model", "<|im_start|>user\nhow do you do<|im_end|>\n", "one two"]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max()
+    return x - m - math.log(np.exp(x - m).sum())
+
+
+class TargetOracle:
+    """Drafts taken from the target itself: the right answer at every node (test hook)."""
+
+    def __init__(self, path: str, noise: float = 0.0, seed: int = 0):
+        self.t = Target(path, **{k: v for k, v in EXACT.items()})
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, context: list[int], k: int) -> list[tuple[float, int]]:
+        self.t.truncate(0)
+        self.t.prefill(context)
+        lp = log_softmax(self.t.last_logits().astype(np.float64))
+        if self.noise:
+            lp = lp + self.rng.normal(0, self.noise, lp.shape)
+        top = np.argsort(-lp)[:k]
+        return [(float(min(lp[i], 0.0)), int(i)) for i in top]
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    return {p: eng.generate(p, max_tokens=40, draft=False).tokens for p in PROMPTS}
+
+
+@pytest.mark.parametrize("n_top_k,n_depth,n_tree", [(1, 1, 1), (1, 6, 6), (2, 3, 5), (4, 6, 20), (8, 4, 60), (3, 2, 7)])
+@pytest.mark.parametrize("noise", [0.0, 3.0])
+def test_greedy_equals_plain_with_oracle_drafts(tiny_f32, plain_outputs, n_top_k, n_depth, n_tree, noise):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    eng._core.set_draft_oracle(TargetOracle(str(tiny_f32), noise=noise))
+    for p in PROMPTS:
+        out = eng.generate(p, max_tokens=40, n_top_k=n_top_k, n_depth=n_depth, n_tree=n_tree)
+        assert out.tokens == plain_outputs[p], f"prompt {p!r}"
+        if noise == 0.0 and out.stop_reason == "max_tokens" and n_depth >= 3:
+            assert out.stats.tau > 1.5  # right drafts are accepted
+
+
+def test_plain_decoding_stats(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    out = eng.generate("the tree", max_tokens=10)
+    assert out.stop_reason in ("max_tokens", "eog")
+    assert out.stats.tau == pytest.approx(1.0)
+    assert len(out.tokens) == out.stats.n_tokens
+
+
+def test_max_tokens_and_stop_token_inside_accepted_path(tiny_f32, plain_outputs):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    eng._core.set_draft_oracle(TargetOracle(str(tiny_f32)))
+    p = PROMPTS[0]
+    ref = plain_outputs[p]
+    for n in (1, 2, 5, 13):
+        out = eng.generate(p, max_tokens=n, n_depth=8, n_top_k=2, n_tree=16)
+        assert out.tokens == ref[:n] and out.stop_reason == "max_tokens"
+        # the KV holds prompt + all but the last emitted token: the next call continues exactly
+        nxt = eng.generate(eng.tokenize(p) + out.tokens, max_tokens=5, n_depth=8, n_top_k=2, n_tree=16)
+        assert nxt.tokens == ref[n:n + 5]
+    stop_tok = ref[6]
+    out = eng.generate(p, max_tokens=40, stop_token_ids=[stop_tok], n_depth=8, n_top_k=2, n_tree=16)
+    assert out.tokens == ref[: ref.index(stop_tok) + 1] and out.stop_reason == "stop_token"
+
+
+def test_stop_string(tiny_f32, plain_outputs):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    p = PROMPTS[1]
+    full = eng.detokenize(plain_outputs[p])
+    needle = full[len(full) // 2: len(full) // 2 + 3]
+    out = eng.generate(p, max_tokens=40, stop=[needle])
+    assert out.stop_reason == "stop_string" and out.text == full[: full.find(needle)]
+
+
+def test_prefix_reuse(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    a = eng.generate("the tree of code", max_tokens=8)
+    b = eng.generate(eng.tokenize("the tree of code") + a.tokens + eng.tokenize(" and more", add_special=False),
+                     max_tokens=8)
+    assert b.stats.n_reused >= len(eng.tokenize("the tree of code")) + len(a.tokens) - 1
+    fresh = Engine(str(tiny_f32), draft=None, **EXACT)
+    c = fresh.generate(eng.tokenize("the tree of code") + a.tokens + eng.tokenize(" and more", add_special=False),
+                       max_tokens=8)
+    assert b.tokens == c.tokens
+
+
+def test_context_full_stops_cleanly(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, n_ctx=64, n_threads=1)
+    n_ctx = eng.target.n_ctx
+    out = eng.generate("the tree", max_tokens=10 * n_ctx)
+    assert out.stop_reason in ("context_full", "eog")
+    out = eng.generate("the model", max_tokens=4)  # still usable
+    assert len(out.tokens) >= 1
+
+
+def test_cancel_and_keyboard_interrupt_leave_engine_usable(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    pieces = 0
+    with pytest.raises(KeyboardInterrupt):
+        for _ in eng.stream("the tree of code", max_tokens=200):
+            pieces += 1
+            if pieces == 3:
+                raise KeyboardInterrupt
+    out = eng.generate("the tree of code", max_tokens=5)
+    assert len(out.tokens) == 5
+
+
+def test_bad_parameters(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    with pytest.raises(ValueError):
+        eng.generate("x", n_top_k=0)
+    with pytest.raises(ValueError):
+        eng.generate("x", top_p=0.0)
+    with pytest.raises(ValueError):
+        eng.generate([])
