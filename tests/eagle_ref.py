@@ -11,8 +11,8 @@ Rows are the whole sequence the head sees: committed prefix rows, then tree rows
 True iff row i may attend row j (causal or tree mask; a row must see itself).
 EAGLE-1/2: inputs are features [n, h], always through fc; y is the predicted next feature and
 logits = W_out y over the target vocabulary (or the head's reduced LM head).
-EAGLE-3: inputs are taps [n, 3*h_t] (through fc) or fed-back hidden states [n, h] (no fc), chosen
-per row by inputs_are_taps (default all taps); y is the pre-norm output that the next step feeds
+EAGLE-3: each row of inputs is taps [3*h_t] (through fc) or a fed-back hidden state [h] (no fc),
+chosen per row by inputs_are_taps (default all taps; mixed rows: pass a list of 1-D arrays); y is the pre-norm output that the next step feeds
 back, logits = lm_head(norm(y)) over the draft vocabulary; ref.d2t maps draft rows to target ids.
 """
 from __future__ import annotations
@@ -139,28 +139,26 @@ class EagleRef:
     def forward(self, tokens, inputs, positions, mask, inputs_are_taps=None) -> tuple[np.ndarray, np.ndarray]:
         """-> (y [n, h], logits [n, Vd]) as float32."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        x_in = np.asarray(inputs, dtype=np.float64)
         positions = np.asarray(positions)
         mask = np.asarray(mask, dtype=bool)
         n = tokens.shape[0]
-        assert x_in.shape[0] == n and positions.shape == (n,) and mask.shape == (n, n)
+        assert len(inputs) == n and positions.shape == (n,) and mask.shape == (n, n)
         assert mask[np.arange(n), np.arange(n)].all(), "every row must attend itself"
         e = self.embd[tokens]
         L = self.layer
         if not self.is_eagle3:
-            z = self._linear(np.concatenate([e, x_in], axis=-1), "fc")
+            z = self._linear(np.concatenate([e, np.asarray(inputs, dtype=np.float64)], axis=-1), "fc")
             a = z + self._attention(z, positions, mask)
             y = a + self._mlp(rms_norm(a, self.w[L + "post_attention_layernorm.weight"], self.eps))
             logits = y @ self.w_out.T
             return y.astype(np.float32), logits.astype(np.float32)
 
         taps = np.ones(n, dtype=bool) if inputs_are_taps is None else np.asarray(inputs_are_taps, dtype=bool)
-        g = np.empty((n, self.h))
-        if taps.any():
-            g[taps] = x_in[taps] @ self.w["fc.weight"].T
-        if (~taps).any():
-            g[~taps] = x_in[~taps][:, :self.h]
-            assert x_in.shape[1] == self.h or taps.any(), "hidden rows are [n, h]"
+        rows = [np.asarray(r, dtype=np.float64) for r in inputs]
+        fc = self.w["fc.weight"]
+        for i, r in enumerate(rows):
+            assert r.shape == ((fc.shape[1],) if taps[i] else (self.h,)), f"row {i}: width {r.shape}"
+        g = np.stack([fc @ r if taps[i] else r for i, r in enumerate(rows)])
         e_n = rms_norm(e, self.w[L + "input_layernorm.weight"], self.eps)
         g_n = rms_norm(g, self.w[L + "hidden_norm.weight"], self.eps)
         residual = g_n if self.norm_before_residual else g
