@@ -264,7 +264,7 @@ void draft_head::load(const target & tgt) {
         if (h != tgt.n_embd()) throw file_error(path_, "no token_embd.weight, and the target's has another width");
         want(tf, "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->tok_embd);
     }
-    if (!w_->out) {
+    if (!out) {  // the target's output matrix
         const bool has_out = ggml_get_tensor(tf.meta, "output.weight") != nullptr;  // else tied embeddings
         want(tf, has_out ? "output.weight" : "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->out);
     }
