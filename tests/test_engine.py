@@ -133,3 +133,30 @@ def test_bad_parameters(tiny_f32):
         eng.generate("x", top_p=0.0)
     with pytest.raises(ValueError):
         eng.generate([])
+
+
+@pytest.fixture(scope="module")
+def random_heads(tmp_path_factory, tiny_f32):
+    """Random EAGLE-1/2 and EAGLE-3 heads converted for tiny_f32: almost every draft is rejected."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
+    from eagle_checkpoints import target_dims, write_eagle3, write_eagle12
+    from eagle_to_gguf import convert
+    d = tmp_path_factory.mktemp("heads")
+    dims = target_dims(tiny_f32)
+    write_eagle12(d / "e12", **dims)
+    write_eagle3(d / "e3", **dims, taps=[0, 1, 1])
+    return {"eagle12": convert(d / "e12", tiny_f32, d / "e12.gguf"),
+            "eagle3": convert(d / "e3", tiny_f32, d / "e3.gguf")}
+
+
+@pytest.mark.parametrize("kind", ["eagle12", "eagle3"])
+@pytest.mark.parametrize("n_top_k,n_depth,n_tree", [(1, 1, 1), (2, 4, 8), (8, 6, 60)])
+def test_greedy_equals_plain_with_random_head(tiny_f32, plain_outputs, random_heads, kind, n_top_k, n_depth, n_tree):
+    eng = Engine(str(tiny_f32), draft=str(random_heads[kind]), **EXACT)
+    assert eng.has_draft
+    for p in PROMPTS:
+        out = eng.generate(p, max_tokens=40, n_top_k=n_top_k, n_depth=n_depth, n_tree=n_tree)
+        assert out.tokens == plain_outputs[p], f"prompt {p!r}"
+        assert out.stats.n_passes >= 1 and out.stats.t_draft > 0
