@@ -156,7 +156,8 @@ def read_safetensors(path: Path) -> dict[str, CkptTensor]:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise ConversionError(f"{path}: corrupt safetensors header entry for {name!r}") from None
         if dtype not in _ST_DTYPES:
@@ -182,8 +183,11 @@ def read_torch_bin(path: Path) -> dict[str, CkptTensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for refused globals, RuntimeError for corrupt files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{path}: refused to load with torch.load(weights_only=True): {reason}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = next((line.split("error: ", 1)[1].split(". ")[0] for line in lines if "Unpickler error: " in line),
+                      lines[0])
+        raise ConversionError(f"{path}: refused by torch.load(weights_only=True), which loads plain tensors "
+                              f"only: {reason}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path}: not a state dict of tensors")
     names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -342,6 +346,12 @@ class HeadParams:
                 "V": self.n_vocab, "Vd": self.n_vocab_draft, "x": x, "a": a}
 
 
+def merged_config(config: dict) -> dict:
+    """config.json with speculators' nested transformer_layer_config lifted to the top level."""
+    nested = config.get("transformer_layer_config")
+    return {**config, **nested} if isinstance(nested, dict) else dict(config)
+
+
 def canonical_names(names: Sequence[str], kind: str, source: Path) -> dict[str, str]:
     """canonical name -> stored name. Accepts the `model.` prefix and, for EAGLE-3, `layers.0.`
     for `midlayer.` (speculators / SpecForge exports)."""
@@ -410,9 +420,7 @@ def llama3_rope_factors(head_dim: int, theta: float, rs: dict) -> np.ndarray:
 def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: TargetInfo) -> HeadParams:
     """Reads the config, checks it against the target; raises ConversionError on any mismatch."""
     src = ckpt.dir / "config.json"
-    cfg = dict(ckpt.config)
-    if isinstance(cfg.get("transformer_layer_config"), dict):  # speculators' nested layout
-        cfg = {**cfg, **cfg["transformer_layer_config"]}
+    cfg = merged_config(ckpt.config)
 
     def need(key: str) -> int:
         v = cfg.get(key)
@@ -534,7 +542,7 @@ def plan(ckpt: Checkpoint, target: TargetInfo, outtype: str) -> tuple[HeadParams
     files = ", ".join(f.name for f in ckpt.files)
     where = ckpt.dir / files if len(ckpt.files) == 1 else ckpt.dir
     stored = list(ckpt.tensors)
-    kind = detect_kind(ckpt.config, stored, {n: t.shape for n, t in ckpt.tensors.items()})
+    kind = detect_kind(merged_config(ckpt.config), stored, {n: t.shape for n, t in ckpt.tensors.items()})
     names = canonical_names(stored, kind, where)
     p = head_params(ckpt, kind, names, target)
     rows, required = expected_tensors(p, set(names))
@@ -649,14 +657,8 @@ def convert(checkpoint_dir: str | os.PathLike, target_gguf: str | os.PathLike, o
     w = gguf.GGUFWriter(part, p.kind)
     try:
         _write_metadata(w, p, target, ckpt, outtype)
-        for t in planned:
-            if t.qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.I64):
-                w.add_tensor_info(t.name, t.shape, np.dtype({gguf.GGMLQuantizationType.F32: np.float32,
-                                                             gguf.GGMLQuantizationType.F16: np.float16,
-                                                             gguf.GGMLQuantizationType.I64: np.int64}[t.qtype]),
-                                  _nbytes(t.shape, t.qtype))
-            else:
-                w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+        for t in planned:  # raw_dtype gives the GGML type; the NumPy dtype is then only nominal
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
@@ -690,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outfile = args.outfile or f"{Path(args.checkpoint_dir).resolve().name}-{args.outtype}.gguf"
     try:
         convert(args.checkpoint_dir, args.target, outfile, args.outtype)
-    except ConversionError as e:
+    except (ConversionError, OSError) as e:  # OSError: e.g. an unwritable --outfile
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

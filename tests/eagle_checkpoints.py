@@ -104,15 +104,17 @@ class _Rand:
 def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: int | None = None, n_head: int = 4,
                   n_head_kv: int = 2, ff: int = 128, fmt: str = "safetensors", dtype: str = "fp32",
                   fc_bias: bool = True, qkv_bias: bool = False, embed: bool = True, prefix: str = "",
-                  draft_vocab: int | None = None, rope_theta: float = 10000.0, config_extra: dict | None = None,
-                  seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+                  draft_vocab: int | None = None, head_dim: int | None = None, rope_theta: float = 10000.0,
+                  config_extra: dict | None = None, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     """An EAGLE-1/2 head (SafeAILab layout). draft_vocab adds a reduced LM head + d2t offsets,
     the layout pyeagle's own trainer uses. n_layer is accepted (and ignored) so that
     **target_dims(...) can be passed."""
     del n_layer
     r = _Rand(seed)
-    d = hidden // n_head
+    d = head_dim or hidden // n_head
     cfg = _llama_config(hidden, vocab, n_head, n_head_kv, ff, rope_theta)
+    if head_dim:
+        cfg["head_dim"] = head_dim
     if not fc_bias:
         cfg["bias"] = False
     if qkv_bias:
@@ -155,8 +157,9 @@ def write_eagle3(directory: str | Path, *, hidden: int, vocab: int, n_layer: int
                  target_hidden: int | None = None, n_head: int = 4, n_head_kv: int = 2, ff: int = 128,
                  draft_vocab: int | None = 200, fmt: str = "safetensors", dtype: str = "fp32", embed: bool = False,
                  prefix: str = "", layers_name: str = "midlayer.", taps: list[int] | None = None,
-                 t2d: bool = True, write_target_hidden: bool = False, rope_theta: float = 10000.0,
-                 config_extra: dict | None = None, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+                 t2d: bool = True, write_target_hidden: bool = False, head_dim: int | None = None,
+                 rope_theta: float = 10000.0, config_extra: dict | None = None,
+                 seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     """An EAGLE-3 head (SafeAILab layout; prefix="model." and layers_name="layers.0." give the
     variants other publishers use). draft_vocab=None: full vocabulary, no d2t/t2d. taps are written
     as eagle_aux_hidden_state_layer_ids; when None and n_layer is given, taps default to
@@ -164,8 +167,10 @@ def write_eagle3(directory: str | Path, *, hidden: int, vocab: int, n_layer: int
     needs N >= 5)."""
     r = _Rand(seed)
     h_t = target_hidden or hidden
-    d = hidden // n_head
+    d = head_dim or hidden // n_head
     cfg = _llama_config(hidden, vocab, n_head, n_head_kv, ff, rope_theta)
+    if head_dim:
+        cfg["head_dim"] = head_dim
     cfg["architectures"] = ["LlamaForCausalLMEagle3"]
     if draft_vocab is not None:
         cfg["draft_vocab_size"] = draft_vocab

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "convert"))
 
-from eagle_to_gguf import read_checkpoint  # noqa: E402  (file parsing only; the math is below)
+from eagle_to_gguf import merged_config, read_checkpoint  # noqa: E402  (file parsing only; the math is below)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -73,9 +73,7 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
 class EagleRef:
     def __init__(self, checkpoint_dir: str | Path, target_gguf: str | Path):
         ckpt = read_checkpoint(checkpoint_dir)
-        cfg = dict(ckpt.config)
-        if isinstance(cfg.get("transformer_layer_config"), dict):
-            cfg.update(cfg["transformer_layer_config"])
+        cfg = merged_config(ckpt.config)
         w: dict[str, np.ndarray] = {}
         for name, t in ckpt.tensors.items():
             key = name[len("model."):] if name.startswith("model.") else name

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import subprocess
 import sys
@@ -168,6 +169,24 @@ def test_eagle12_reduced_vocab_and_outtypes(tmp_path, tiny_f32, dims):
         check_tensors(ckpt, tensors, 4, 2, eagle3=False, exact=False)
 
 
+def test_sharded_safetensors(tmp_path, tiny_f32, dims):
+    """A checkpoint split over shards listed in model.safetensors.index.json."""
+    from safetensors.numpy import save_file
+
+    cfg, ckpt = write_eagle12(tmp_path / "one", **dims, embed=False)
+    (tmp_path / "sharded").mkdir()
+    (tmp_path / "sharded" / "config.json").write_text((tmp_path / "one" / "config.json").read_text())
+    names = sorted(ckpt)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({k: ckpt[k] for k in part}, tmp_path / "sharded" / file)
+    index = {"metadata": {}, "weight_map": {k: f for f, part in shards.items() for k in part}}
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text(json.dumps(index))
+    fields, tensors = read_gguf(convert(tmp_path / "sharded", tiny_f32, tmp_path / "head.gguf"))
+    check_tensors(ckpt, tensors, 4, 2, eagle3=False)
+    assert "model-00002-of-00002.safetensors" in fields["pyeagle.source"]
+
+
 # ---------------------------------------------------------------- EAGLE-3
 EAGLE3_LAYOUTS = {
     "midlayer-bf16-d2t": dict(fmt="safetensors", dtype="bf16"),
@@ -229,6 +248,60 @@ def test_eagle3_loads_in_llama_cpp(tmp_path, tiny_f32, dims, outtype, kw):
         assert llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model)) == dims["vocab"]
     finally:
         llama_cpp.llama_model_free(model)
+
+
+@pytest.mark.parametrize("own_embd,head_dim", [(True, None), (False, 32)])
+def test_eagle3_in_llama_cpp_matches_reference(tmp_path, tiny_f32, dims, own_embd, head_dim):
+    """llama.cpp's own eagle3 decoder graph on the converted head == EagleRef on the checkpoint
+    (fed-back hidden rows, llama3 RoPE scaling, d2t scatter, head_dim != h / n_head). Without its
+    own token_embd the head borrows the target's through ctx_other, as llama.cpp's speculative
+    decoding does."""
+    L = pytest.importorskip("llama_cpp")
+    write_eagle3(tmp_path / "head", **dims, embed=own_embd, head_dim=head_dim, rope_theta=500.0, config_extra={"rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}})
+    head = convert(tmp_path / "head", tiny_f32, tmp_path / "head.gguf")
+    ref = EagleRef(tmp_path / "head", tiny_f32)
+    n, V = 8, dims["vocab"]
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(5, V, n)
+    g = (rng.standard_normal((n, 64)) * 3).astype(np.float32)
+
+    L.llama_backend_init()
+    mparams = L.llama_model_default_params()
+    model = L.llama_model_load_from_file(str(head).encode(), mparams)
+    target = None if own_embd else L.llama_model_load_from_file(str(tiny_f32).encode(), mparams)
+    ctx_target = None if own_embd else L.llama_init_from_model(target, L.llama_context_default_params())
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = 64
+    cparams.n_threads = cparams.n_threads_batch = 1
+    cparams.type_k = cparams.type_v = 0          # f32 KV and no flash attention (it rounds to f16)
+    cparams.flash_attn_type = 0
+    if ctx_target:
+        cparams.ctx_other = ctx_target
+    ctx = L.llama_init_from_model(model, cparams)
+    batch = L.llama_batch_ext_init(ctx)
+    try:
+        assert model and ctx
+        for i in range(n):  # each row: token + the hidden state fed back in
+            idx = L.llama_batch_ext_add_token(batch, 0, int(tokens[i]))
+            assert L.llama_batch_ext_set_pos(batch, idx, (ctypes.c_int * 4)(i, 0, 0, 0))
+            row = L.llama_embd(g[i].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 1, 64)
+            assert L.llama_batch_ext_set_embd_token(batch, idx, row)
+            assert L.llama_batch_ext_set_output_logits(batch, idx, True)
+        assert L.llama_process(ctx, L.LLAMA_PROCESS_TYPE_DECODE, batch) == 0
+        got = np.stack([np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i), shape=(V,)).copy() for i in range(n)])
+    finally:
+        L.llama_batch_ext_free(batch)
+        for free, obj in ((L.llama_free, ctx), (L.llama_free, ctx_target), (L.llama_model_free, model),
+                          (L.llama_model_free, target)):
+            if obj:
+                free(obj)
+    _, logits = ref.forward(tokens, g, np.arange(n), np.tril(np.ones((n, n), bool)), inputs_are_taps=np.zeros(n, bool))
+    want = np.full((n, V), -np.inf, np.float32)
+    want[:, ref.d2t] = logits  # llama.cpp scatters draft rows to target ids, -inf elsewhere
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------- the GGUF computes what the checkpoint computes
@@ -308,7 +381,7 @@ def tree_rows(rng, n_prefix: int, vocab_size: int):
     return tokens, pos, mask
 
 
-@pytest.mark.parametrize("case", ["eagle12-qkv-bias-linear-rope", "eagle12-q8-target", "eagle3-llama3-rope",
+@pytest.mark.parametrize("case", ["eagle12-qkv-bias-linear-rope", "eagle12-q8-target-head-dim", "eagle3-llama3-rope",
                                   "eagle3-norm-before-residual"])
 def test_gguf_forward_matches_checkpoint_reference(tmp_path, tiny_f32, tiny_q8, dims, case):
     """Permuted q/k with NORM-mode RoPE on the GGUF == rotate-half RoPE on the checkpoint (EagleRef)."""
@@ -317,7 +390,7 @@ def test_gguf_forward_matches_checkpoint_reference(tmp_path, tiny_f32, tiny_q8, 
     if case.startswith("eagle12"):
         extra = {"rope_scaling": {"type": "linear", "factor": 2.0}} if "linear" in case else {}
         write_eagle12(tmp_path / "head", **dims, qkv_bias="qkv" in case, embed=False, rope_theta=500.0,
-                      config_extra=extra)
+                      head_dim=32 if "head-dim" in case else None, config_extra=extra)
     else:
         extra = ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                    "original_max_position_embeddings": 16}} if "llama3" in case

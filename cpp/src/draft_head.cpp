@@ -187,6 +187,13 @@ void draft_head::load(const target & tgt) {
                                        n_head_kv_, n_ff_));
     }
     head_dim_ = n_embd_ / n_head_;
+    // not implemented yet: refuse rather than draft with the wrong RoPE / head size
+    if (gguf_find_key(f.g, (a + "rope.scaling.type").c_str()) >= 0 || ggml_get_tensor(f.meta, "rope_freqs.weight")) {
+        throw file_error(path_, "RoPE scaling (rope.scaling.* / rope_freqs.weight) is not supported by pyeagle's draft head yet");
+    }
+    if (f.u32(a + "attention.key_length", false, head_dim_) != (uint32_t) head_dim_) {
+        throw file_error(path_, "attention.key_length != hidden / heads is not supported by pyeagle's draft head yet");
+    }
     const int64_t h = n_embd_, h_kv = (int64_t) head_dim_ * n_head_kv_, ff = n_ff_;
 
     int64_t h_t = tgt.n_embd();
