@@ -81,14 +81,11 @@ class Engine:
                  top_k: int = 0, seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
                  draft: bool = True, n_depth: int | None = None, n_top_k: int | None = None,
                  n_tree: int | None = None) -> Output:
-        pieces = []
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
                                n_depth, n_top_k, n_tree):
             if isinstance(piece, Output):
                 out = piece
-            else:
-                pieces.append(piece)
         assert out is not None
         return out
 

@@ -140,7 +140,6 @@ draft_head::draft_head(const std::string & path, const target & tgt, int32_t n_c
     }
     load(tgt);
     cell_parent_.assign(n_ctx_, -1);
-    cell_pos_.assign(n_ctx_, 0);
 
     // Reserve the compute buffer once for the largest graph: later evals reuse it.
     alloc_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_.get())));
@@ -408,8 +407,8 @@ void draft_head::eval(const llama_token * tokens, const float * inputs, bool fro
             for (int32_t c = cell; c >= n_committed_; c = cell_parent_[c]) mrow[c] = 0.0f;
         }
     }
-    std::vector<int32_t> tok(tokens, tokens + n);
-    ggml_backend_tensor_set(t_tokens_, tok.data(), 0, sizeof(int32_t) * n);
+    static_assert(sizeof(llama_token) == sizeof(int32_t), "token ids feed an I32 tensor");
+    ggml_backend_tensor_set(t_tokens_, tokens, 0, sizeof(int32_t) * n);
     ggml_backend_tensor_set(t_inputs_, inputs, 0, ggml_nbytes(t_inputs_));
     ggml_backend_tensor_set(t_pos_, pos, 0, sizeof(int32_t) * n);
     ggml_backend_tensor_set(t_mask_, mask_.data(), 0, ggml_nbytes(t_mask_));
@@ -432,10 +431,7 @@ void draft_head::prefix(const llama_token * tokens, const float * features, int3
     for (int32_t i0 = 0; i0 < n; i0 += n_batch_max_) {
         const int32_t m = std::min(n_batch_max_, n - i0);
         eval(tokens + i0, features + (size_t) i0 * n_feat_, true, pos.data() + i0, m);
-        for (int32_t i = 0; i < m; ++i) {
-            cell_parent_[n_committed_ + i] = -1;
-            cell_pos_[n_committed_ + i] = pos[i0 + i];
-        }
+        for (int32_t i = 0; i < m; ++i) cell_parent_[n_committed_ + i] = -1;
         n_committed_ = n_kv_;
     }
 }
@@ -449,10 +445,7 @@ int32_t draft_head::tree(const llama_token * tokens, const float * inputs, const
             throw std::invalid_argument(format("draft head: tree row %d has parent cell %d outside [%d, %d)", i, p,
                                                n_committed_, first));
         }
-        if (first + i < n_ctx_) {
-            cell_parent_[first + i] = p;  // -1 ends the ancestor walk at the committed prefix
-            cell_pos_[first + i] = pos[i];
-        }
+        if (first + i < n_ctx_) cell_parent_[first + i] = p;  // -1 ends the ancestor walk at the prefix
     }
     eval(tokens, inputs, false, pos, n);
     return first;

@@ -94,7 +94,6 @@ private:
     int32_t n_ctx_ = 0, n_batch_max_ = 0;
     int32_t n_committed_ = 0, n_kv_ = 0, n_out_ = 0, n_logit_rows_ = 0;
     std::vector<int32_t> cell_parent_;  // [n_ctx] parent cell of a tree cell, -1: the prefix
-    std::vector<int32_t> cell_pos_;     // [n_ctx]
     std::vector<float> mask_;           // host staging [n_pad, n_kv]
     std::vector<float> out_y_, out_logits_;
 
