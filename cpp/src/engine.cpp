@@ -135,7 +135,9 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
         const int32_t n = (int32_t) frontier.size(), h = head_->n_embd();
         std::vector<llama_token> tok(n);
         std::vector<float> in((size_t) n * h);
-        std::vector<int32_t> pos(n, n_past + depth), parent_cell(n);
+        // a depth-d candidate sits at position n_past + d; its row pairs it with the feature predicted
+        // for position n_past + d - 1 and, like prefix row t = (feature t, token t + 1), takes that position
+        std::vector<int32_t> pos(n, n_past + depth - 1), parent_cell(n);
         y_row.resize(cands.size(), -1);
         cell.resize(cands.size(), -1);
         for (int32_t i = 0; i < n; ++i) {

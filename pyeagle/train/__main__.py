@@ -1,0 +1,82 @@
+"""python -m pyeagle.train {data,fit,export}: train an EAGLE-1/2 head for a GGUF target.
+
+  data    self-distillation: the target answers the built-in prompt set; features are recorded
+  fit     trains the head on that data (PyTorch, CPU is enough for small targets); resumable
+  export  writes the head in the published EAGLE layout (config.json + model.safetensors) and
+          converts it to GGUF with convert/eagle_to_gguf.py's code
+
+Every stage is resumable: rerun the same command after Ctrl-C or --minutes and it continues.
+See docs/TRAINING.md for the recipe and the numbers of the shipped head.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pyeagle.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data", help="generate self-distillation data")
+    d.add_argument("--out", required=True, type=Path)
+    d.add_argument("-m", "--model", help="target GGUF (default: the embedded default target)")
+    d.add_argument("--n-prompts", type=int, default=4000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--chunk", type=int, default=40, help="prompts per chunk file")
+    d.add_argument("--max-new", type=int, default=256)
+    d.add_argument("--shard", default="0/1", help="i/n: this process takes chunks c with c %% n == i")
+    d.add_argument("-t", "--threads", type=int, default=1)
+    d.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
+
+    f = sub.add_parser("fit", help="train the head")
+    f.add_argument("--data", required=True, type=Path)
+    f.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, log)")
+    f.add_argument("-m", "--model", help="target GGUF the data was made with")
+    f.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
+    f.add_argument("--epochs", type=float, default=4)
+    f.add_argument("--lr", type=float, default=3e-4)
+    f.add_argument("--seq", type=int, default=512)
+    f.add_argument("--batch", type=int, default=4)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("-t", "--threads", type=int, default=0)
+    f.add_argument("--minutes", type=float, default=0)
+
+    e = sub.add_parser("export", help="export the trained head (EAGLE layout, then GGUF)")
+    e.add_argument("--run", required=True, type=Path)
+    e.add_argument("--checkpoint-dir", type=Path, help="where to write config.json + model.safetensors")
+    e.add_argument("--gguf", type=Path, help="GGUF output")
+    e.add_argument("-m", "--model", help="target GGUF")
+    e.add_argument("--outtype", default="f16")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "data":
+        from .. import models
+        from .data import generate
+        model = args.model or str(models.default_target())
+        i, n = (int(x) for x in args.shard.split("/"))
+        left = generate(args.out, model, n_prompts=args.n_prompts, seed=args.seed, chunk=args.chunk,
+                        max_new=args.max_new, shard=(i, n), n_threads=args.threads, minutes=args.minutes)
+        print(f"shard {i}/{n}: {left} chunks left" if left else f"shard {i}/{n}: complete")
+        return 0
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("pyeagle.train needs PyTorch: pip install 'pyeagle[train]'", file=sys.stderr)
+        return 2
+    from .. import models
+    model = args.model or str(models.default_target())
+    if args.cmd == "fit":
+        from .fit import fit
+        fit(args.data, args.out, model, draft_vocab=args.draft_vocab, epochs=args.epochs, lr=args.lr, seq=args.seq,
+            batch=args.batch, seed=args.seed, n_threads=args.threads, minutes=args.minutes)
+        return 0
+    from .fit import export
+    export(args.run, model, args.checkpoint_dir or args.run / "eagle", args.gguf or args.run / "head.gguf",
+           outtype=args.outtype)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
