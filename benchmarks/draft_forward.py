@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(root / "tests"), str(root / "convert")]
+sys.path[:0] = [str(root / "tests")]
 import numpy as np  # noqa: E402
 from eagle_checkpoints import target_dims, write_eagle12  # noqa: E402
-from eagle_to_gguf import convert  # noqa: E402
+from pyeagle.convert import convert  # noqa: E402
 
 from pyeagle import DraftHead, Target, models  # noqa: E402
 

@@ -24,9 +24,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "convert"))
 
-from eagle_to_gguf import merged_config, read_checkpoint  # noqa: E402  (file parsing only; the math is below)
+from pyeagle.convert import merged_config, read_checkpoint  # noqa: E402  (file parsing only; the math is below)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

@@ -18,9 +18,8 @@ from tiny_gguf import TinySpec, vocab, write_tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVERTER = ROOT / "convert" / "eagle_to_gguf.py"
-sys.path.insert(0, str(CONVERTER.parent))
 
-from eagle_to_gguf import ConversionError, convert, vocab_hash  # noqa: E402
+from pyeagle.convert import ConversionError, convert, vocab_hash  # noqa: E402
 
 T = gguf.GGMLQuantizationType
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
 
 from eagle_checkpoints import target_dims, write_eagle12, write_eagle3  # noqa: E402
 from eagle_ref import EagleRef  # noqa: E402
-from eagle_to_gguf import convert  # noqa: E402
+from pyeagle.convert import convert  # noqa: E402
 
 from pyeagle import DraftHead, ModelFileError, Target  # noqa: E402
 from tiny_gguf import TinySpec, write_tiny_llama  # noqa: E402

@@ -140,9 +140,8 @@ def random_heads(tmp_path_factory, tiny_f32):
     """Random EAGLE-1/2 and EAGLE-3 heads converted for tiny_f32: almost every draft is rejected."""
     import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
     from eagle_checkpoints import target_dims, write_eagle3, write_eagle12
-    from eagle_to_gguf import convert
+    from pyeagle.convert import convert
     d = tmp_path_factory.mktemp("heads")
     dims = target_dims(tiny_f32)
     write_eagle12(d / "e12", **dims)

@@ -1,0 +1,703 @@
+#!/usr/bin/env python3
+"""Converts an EAGLE-1/2 or EAGLE-3 draft head, as its authors publish it, to GGUF (docs/FORMAT.md).
+
+    python -m pyeagle.convert CHECKPOINT_DIR --target TARGET.gguf --outfile HEAD.gguf [--outtype f16]
+    (or python convert/eagle_to_gguf.py ...)
+
+The checkpoint directory holds `config.json` and `model.safetensors` or `pytorch_model.bin` (or a
+sharded `*.index.json` of either). Nothing in it is imported or executed: safetensors are parsed
+here, `.bin` files go through `torch.load(weights_only=True)`. The head is checked against the
+target GGUF (hidden size, vocabulary, layer count) and stamped with the target's fingerprint.
+
+EAGLE-3 heads become llama.cpp's `eagle3` architecture (tokenizer copied from the target, as
+llama.cpp's own converter does), so llama.cpp loads them unchanged; EAGLE-1/2 heads become
+pyeagle's `eagle` architecture. Importable: `convert()`, `vocab_hash()`, `read_checkpoint()`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gguf
+import numpy as np
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the progress bar is optional
+    tqdm = None
+
+logger = logging.getLogger("pyeagle.convert")
+
+FORMAT_VERSION = 1
+OUTTYPES = ("f32", "f16", "q8_0")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file and the reason."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor tables. Checkpoint names are taken after prefix normalisation (see canonical_names).
+# Shapes are NumPy shapes (rows, cols) in symbolic dims:
+#   h  head hidden size          q  n_head * head_dim       kv  n_head_kv * head_dim
+#   ff intermediate size         V  target vocabulary       Vd  draft vocabulary
+#   x  fc input width (2h for EAGLE-1/2: concat(embedding, feature); 3*h_t for EAGLE-3 taps)
+#   a  attention input width (h for EAGLE-1/2; 2h for EAGLE-3: concat(norm(emb), norm(hidden)))
+# --------------------------------------------------------------------------------------------
+EAGLE12_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "embed_tokens.weight":                      ("token_embd.weight",        ("V", "h")),
+    "fc.weight":                                ("fc.weight",                ("h", "x")),
+    "fc.bias":                                  ("fc.bias",                  ("h",)),
+    "layers.0.self_attn.q_proj.weight":         ("blk.0.attn_q.weight",      ("q", "a")),
+    "layers.0.self_attn.k_proj.weight":         ("blk.0.attn_k.weight",      ("kv", "a")),
+    "layers.0.self_attn.v_proj.weight":         ("blk.0.attn_v.weight",      ("kv", "a")),
+    "layers.0.self_attn.q_proj.bias":           ("blk.0.attn_q.bias",        ("q",)),
+    "layers.0.self_attn.k_proj.bias":           ("blk.0.attn_k.bias",        ("kv",)),
+    "layers.0.self_attn.v_proj.bias":           ("blk.0.attn_v.bias",        ("kv",)),
+    "layers.0.self_attn.o_proj.weight":         ("blk.0.attn_output.weight", ("h", "q")),
+    "layers.0.post_attention_layernorm.weight": ("blk.0.ffn_norm.weight",    ("h",)),
+    "layers.0.mlp.gate_proj.weight":            ("blk.0.ffn_gate.weight",    ("ff", "h")),
+    "layers.0.mlp.up_proj.weight":              ("blk.0.ffn_up.weight",      ("ff", "h")),
+    "layers.0.mlp.down_proj.weight":            ("blk.0.ffn_down.weight",    ("h", "ff")),
+    "lm_head.weight":                           ("output.weight",            ("Vd", "h")),
+    "d2t":                                      ("d2t",                      ("Vd",)),
+}
+
+EAGLE3_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "embed_tokens.weight":                      ("token_embd.weight",        ("V", "h")),
+    "fc.weight":                                ("fc.weight",                ("h", "x")),
+    "midlayer.input_layernorm.weight":          ("blk.0.attn_norm.weight",   ("h",)),
+    "midlayer.hidden_norm.weight":              ("blk.0.attn_norm_2.weight", ("h",)),
+    "midlayer.self_attn.q_proj.weight":         ("blk.0.attn_q.weight",      ("q", "a")),
+    "midlayer.self_attn.k_proj.weight":         ("blk.0.attn_k.weight",      ("kv", "a")),
+    "midlayer.self_attn.v_proj.weight":         ("blk.0.attn_v.weight",      ("kv", "a")),
+    "midlayer.self_attn.o_proj.weight":         ("blk.0.attn_output.weight", ("h", "q")),
+    "midlayer.post_attention_layernorm.weight": ("blk.0.ffn_norm.weight",    ("h",)),
+    "midlayer.mlp.gate_proj.weight":            ("blk.0.ffn_gate.weight",    ("ff", "h")),
+    "midlayer.mlp.up_proj.weight":              ("blk.0.ffn_up.weight",      ("ff", "h")),
+    "midlayer.mlp.down_proj.weight":            ("blk.0.ffn_down.weight",    ("h", "ff")),
+    "norm.weight":                              ("output_norm.weight",       ("h",)),
+    "lm_head.weight":                           ("output.weight",            ("Vd", "h")),
+    "d2t":                                      ("d2t",                      ("Vd",)),
+}
+
+# Present in some checkpoints, carry nothing the forward needs: t2d is EAGLE-3's training-only
+# target->draft mask; rotary_emb.inv_freq is derived from rope_theta (old transformers saved it).
+IGNORED_TENSORS = ("t2d",)
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+# q/k rows are permuted so that llama.cpp's RoPE NORM mode (adjacent pairs) equals HF's rotate-half.
+PERMUTED_Q = ("q_proj.weight", "q_proj.bias")
+PERMUTED_K = ("k_proj.weight", "k_proj.bias")
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint reading
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CkptTensor:
+    """One checkpoint tensor, read on demand: floats come back as float32, integers as int64."""
+    shape: tuple[int, ...]
+    dtype: str                            # safetensors dtype name: F32 F16 BF16 I64 BOOL ...
+    file: Path
+    load: Callable[[], np.ndarray]
+
+
+@dataclass
+class Checkpoint:
+    dir: Path
+    config: dict
+    tensors: dict[str, CkptTensor]        # names as stored in the file(s)
+    files: list[Path]
+
+
+_ST_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+}
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def _to_standard(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":  # bf16 is the top half of an f32
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype in _FLOAT_DTYPES:
+        return raw.astype(np.float32)
+    return raw.astype(np.int64)
+
+
+def read_safetensors(path: Path) -> dict[str, CkptTensor]:
+    """Parses a safetensors file: u64 LE header length, JSON header, then raw little-endian data."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ConversionError(f"{path}: not a safetensors file (only {size} bytes)")
+        n_header = int.from_bytes(prefix, "little")
+        if n_header > size - 8 or n_header > 100 << 20:
+            raise ConversionError(f"{path}: not a safetensors file (header length {n_header} > file size {size})")
+        try:
+            header = json.loads(f.read(n_header))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConversionError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path}: corrupt safetensors header (not a JSON object)")
+    n_data = size - 8 - n_header
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n_header) if n_data > 0 else np.zeros(0, np.uint8)
+
+    out: dict[str, CkptTensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ConversionError(f"{path}: corrupt safetensors header entry for {name!r}") from None
+        if dtype not in _ST_DTYPES:
+            raise ConversionError(f"{path}: tensor {name}: unsupported dtype {dtype}")
+        np_dtype = np.dtype(_ST_DTYPES[dtype])
+        if not 0 <= begin <= end <= n_data or end - begin != math.prod(shape) * np_dtype.itemsize:
+            raise ConversionError(f"{path}: tensor {name}: data offsets {begin}..{end} do not fit shape {shape} {dtype}")
+
+        def load(begin=begin, end=end, np_dtype=np_dtype, shape=shape, dtype=dtype) -> np.ndarray:
+            return _to_standard(data[begin:end].view(np_dtype).reshape(shape), dtype)
+
+        out[name] = CkptTensor(shape, dtype, path, load)
+    return out
+
+
+def read_torch_bin(path: Path) -> dict[str, CkptTensor]:
+    """Reads a PyTorch pickle through torch's weights-only unpickler (never runs pickled code)."""
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(f"{path}: reading .bin checkpoints needs torch (pip install torch), "
+                              "or convert the head to safetensors first") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for refused globals, RuntimeError for corrupt files
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = next((line.split("error: ", 1)[1].split(". ")[0] for line in lines if "Unpickler error: " in line),
+                      lines[0])
+        raise ConversionError(f"{path}: refused by torch.load(weights_only=True), which loads plain tensors "
+                              f"only: {reason}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConversionError(f"{path}: not a state dict of tensors")
+    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+             torch.uint8: "U8", torch.bool: "BOOL"}
+    out: dict[str, CkptTensor] = {}
+    for name, t in state.items():
+        if t.dtype not in names:
+            raise ConversionError(f"{path}: tensor {name}: unsupported dtype {t.dtype}")
+        dtype = names[t.dtype]
+
+        def load(t=t, dtype=dtype) -> np.ndarray:
+            if dtype == "BF16":
+                return t.float().numpy()
+            return _to_standard(t.numpy(), dtype)
+
+        out[name] = CkptTensor(tuple(t.shape), dtype, path, load)
+    return out
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def read_checkpoint(checkpoint_dir: str | os.PathLike) -> Checkpoint:
+    """config.json + the weights (safetensors preferred); tensors are loaded lazily."""
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        raise ConversionError(f"{d}: not a directory")
+    config_path = d / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"{config_path}: missing (a head checkpoint needs its config.json)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{config_path}: invalid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{config_path}: not a JSON object")
+
+    weights = next((d / n for n in WEIGHT_FILES if (d / n).is_file()), None)
+    if weights is None:
+        raise ConversionError(f"{d}: no weights file (looked for {', '.join(WEIGHT_FILES)})")
+    if weights.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(weights.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({d / str(f) for f in weight_map.values()})
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ConversionError(f"{weights}: invalid shard index ({e})") from None
+        for f in files:
+            if f.resolve().parent != d.resolve() or not f.is_file():
+                raise ConversionError(f"{weights}: shard {f.name} is missing or outside {d}")
+    else:
+        files = [weights]
+
+    tensors: dict[str, CkptTensor] = {}
+    for f in files:
+        part = read_safetensors(f) if f.name.endswith(".safetensors") else read_torch_bin(f)
+        for name in part.keys() & tensors.keys():
+            raise ConversionError(f"{f}: tensor {name} also in {tensors[name].file.name}")
+        tensors.update(part)
+    return Checkpoint(d, config, tensors, files)
+
+
+# --------------------------------------------------------------------------------------------
+# Target model
+# --------------------------------------------------------------------------------------------
+def vocab_hash(tokens: Sequence[bytes]) -> str:
+    """64-bit FNV-1a over the token strings in id order, each followed by one NUL byte; 16 hex digits."""
+    h = 0xCBF29CE484222325
+    prime, mask = 0x100000001B3, 0xFFFFFFFFFFFFFFFF
+    for tok in tokens:
+        for b in tok:
+            h = ((h ^ b) * prime) & mask
+        h = (h * prime) & mask  # the NUL terminator: h ^ 0 == h
+    return f"{h:016x}"
+
+
+@dataclass
+class TargetInfo:
+    path: Path
+    arch: str
+    n_embd: int
+    n_layer: int
+    tokens: list[bytes]
+    tokenizer_kv: list[tuple[str, object, gguf.GGUFValueType, gguf.GGUFValueType | None]] = field(repr=False)
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokens)
+
+
+def _field_value(f) -> object:
+    """A GGUFReader field as Python values; strings stay bytes so that they copy exactly."""
+    main = f.types[0]
+    if main == gguf.GGUFValueType.ARRAY:
+        if f.types[-1] == gguf.GGUFValueType.STRING:
+            return [bytes(f.parts[i]) for i in f.data]
+        return f.contents()
+    if main == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[-1])
+    return f.contents()
+
+
+def read_target(target_gguf: str | os.PathLike) -> TargetInfo:
+    path = Path(target_gguf)
+    if not path.is_file():
+        raise ConversionError(f"{path}: target GGUF not found")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # GGUFReader raises ValueError/struct errors on non-GGUF input
+        raise ConversionError(f"{path}: not a readable GGUF file ({e})") from None
+
+    def get(key: str, required: bool = True):
+        f = reader.fields.get(key)
+        if f is None:
+            if required:
+                raise ConversionError(f"{path}: target GGUF lacks {key}")
+            return None
+        return _field_value(f)
+
+    arch = get("general.architecture").decode()
+    tokenizer_kv = [(k, _field_value(f), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+                    for k, f in reader.fields.items() if k.startswith("tokenizer.")]
+    return TargetInfo(path=path, arch=arch, n_embd=int(get(f"{arch}.embedding_length")),
+                      n_layer=int(get(f"{arch}.block_count")), tokens=list(get("tokenizer.ggml.tokens")),
+                      tokenizer_kv=tokenizer_kv)
+
+
+# --------------------------------------------------------------------------------------------
+# Head description
+# --------------------------------------------------------------------------------------------
+@dataclass
+class HeadParams:
+    kind: str                  # "eagle" (EAGLE-1/2) | "eagle3"
+    n_embd: int                # h
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    eps: float
+    rope_theta: float
+    n_ctx: int
+    n_vocab: int               # V, the target's
+    n_vocab_draft: int         # Vd
+    fc_bias: bool
+    qkv_bias: bool
+    rope_scaling: dict | None  # {"type": "linear"|"llama3", ...} or None
+    target_hidden: int         # h_t
+    taps: list[int] = field(default_factory=list)      # EAGLE-3: tapped target layers (inputs of)
+    norm_before_residual: bool = False
+
+    def dims(self) -> dict[str, int]:
+        h = self.n_embd
+        x = 3 * self.target_hidden if self.kind == "eagle3" else 2 * h
+        a = 2 * h if self.kind == "eagle3" else h
+        return {"h": h, "q": self.n_head * self.head_dim, "kv": self.n_head_kv * self.head_dim, "ff": self.n_ff,
+                "V": self.n_vocab, "Vd": self.n_vocab_draft, "x": x, "a": a}
+
+
+def merged_config(config: dict) -> dict:
+    """config.json with speculators' nested transformer_layer_config lifted to the top level."""
+    nested = config.get("transformer_layer_config")
+    return {**config, **nested} if isinstance(nested, dict) else dict(config)
+
+
+def canonical_names(names: Sequence[str], kind: str, source: Path) -> dict[str, str]:
+    """canonical name -> stored name. Accepts the `model.` prefix and, for EAGLE-3, `layers.0.`
+    for `midlayer.` (speculators / SpecForge exports)."""
+    out: dict[str, str] = {}
+    for stored in names:
+        name = stored[len("model."):] if stored.startswith("model.") else stored
+        if kind == "eagle3" and name.startswith("layers.0."):
+            name = "midlayer." + name[len("layers.0."):]
+        if name in out:
+            raise ConversionError(f"{source}: tensors {out[name]} and {stored} are the same tensor {name}")
+        out[name] = stored
+    return out
+
+
+def detect_kind(config: dict, names: Sequence[str], shapes: dict[str, tuple[int, ...]]) -> str:
+    """EAGLE-3 if it has a midlayer or its attention reads 2h wide (concat of two normed inputs);
+    EAGLE-1/2 if attention reads h wide. Otherwise fall back to EAGLE-3 markers (d2t,
+    draft_vocab_size, fc width 3*h_t). A reduced-vocabulary EAGLE-1/2 head (lm_head + d2t) is thus
+    still EAGLE-1/2."""
+    stripped = {n[len("model."):] if n.startswith("model.") else n: shapes[n] for n in names}
+    if any(n.startswith("midlayer.") for n in stripped):
+        return "eagle3"
+    h = config.get("hidden_size")
+    q = stripped.get("layers.0.self_attn.q_proj.weight")
+    if isinstance(h, int) and q is not None and len(q) == 2:
+        if q[1] == 2 * h:
+            return "eagle3"
+        if q[1] == h:
+            return "eagle"
+    fc = stripped.get("fc.weight")
+    h_t = config.get("target_hidden_size") or h
+    if "d2t" in stripped or "draft_vocab_size" in config or (fc is not None and isinstance(h_t, int) and fc[-1] == 3 * h_t):
+        return "eagle3"
+    return "eagle"
+
+
+def _rope_scaling(config: dict, source: Path) -> dict | None:
+    rs = config.get("rope_scaling")
+    if not rs:
+        return None
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind in (None, "default"):
+        return None
+    if kind == "linear":
+        return {"type": "linear", "factor": float(rs["factor"])}
+    if kind == "llama3":
+        return {"type": "llama3", "factor": float(rs.get("factor", 8.0)),
+                "low_freq_factor": float(rs.get("low_freq_factor", 1.0)),
+                "high_freq_factor": float(rs.get("high_freq_factor", 4.0)),
+                "original_max_position_embeddings": int(rs.get("original_max_position_embeddings", 8192))}
+    raise ConversionError(f"{source}: rope_scaling type {kind!r} is not supported (only linear and llama3)")
+
+
+def llama3_rope_factors(head_dim: int, theta: float, rs: dict) -> np.ndarray:
+    """llama.cpp's rope_freqs for llama3 scaling: RoPE divides each pair's frequency by its factor."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / inv_freq
+    lo_wl = rs["original_max_position_embeddings"] / rs["low_freq_factor"]
+    hi_wl = rs["original_max_position_embeddings"] / rs["high_freq_factor"]
+    smooth = (rs["original_max_position_embeddings"] / wavelen - rs["low_freq_factor"]) / \
+        (rs["high_freq_factor"] - rs["low_freq_factor"])
+    mid = 1.0 / ((1.0 - smooth) / rs["factor"] + smooth)
+    return np.where(wavelen < hi_wl, 1.0, np.where(wavelen > lo_wl, rs["factor"], mid)).astype(np.float32)
+
+
+def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: TargetInfo) -> HeadParams:
+    """Reads the config, checks it against the target; raises ConversionError on any mismatch."""
+    src = ckpt.dir / "config.json"
+    cfg = merged_config(ckpt.config)
+
+    def need(key: str) -> int:
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ConversionError(f"{src}: {key} missing or not a positive integer")
+        return v
+
+    h, n_ff, n_head = need("hidden_size"), need("intermediate_size"), need("num_attention_heads")
+    n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
+    head_dim = int(cfg.get("head_dim") or h // n_head)
+    if n_head % n_head_kv or head_dim % 2:
+        raise ConversionError(f"{src}: num_attention_heads {n_head} / num_key_value_heads {n_head_kv} / "
+                              f"head_dim {head_dim} are not a valid grouped-query layout")
+    if cfg.get("num_hidden_layers", 1) != 1:
+        raise ConversionError(f"{src}: num_hidden_layers is {cfg['num_hidden_layers']}, a draft head has 1")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"{src}: hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
+    if cfg.get("norm_before_fc"):
+        raise ConversionError(f"{src}: norm_before_fc heads are not supported")
+
+    V = target.n_vocab
+    if cfg.get("vocab_size") not in (None, V):
+        raise ConversionError(f"{src}: head vocab_size {cfg['vocab_size']} != target vocabulary {V} "
+                              f"({target.path.name}): the head belongs to another target")
+    h_t = int(cfg.get("target_hidden_size") or h) if kind == "eagle3" else h
+    if h_t != target.n_embd:
+        what = "target_hidden_size" if kind == "eagle3" and cfg.get("target_hidden_size") else "hidden_size"
+        raise ConversionError(f"{src}: head {what} {h_t} != target n_embd {target.n_embd} "
+                              f"({target.path.name}): the head belongs to another target")
+    if "embed_tokens.weight" not in names and h != target.n_embd:
+        raise ConversionError(f"{src}: head hidden_size {h} != target n_embd {target.n_embd} and the head has "
+                              "no embed_tokens of its own, so the target's embeddings cannot feed it")
+
+    lm_head = ckpt.tensors.get(names.get("lm_head.weight", ""))
+    n_vocab_draft = int(cfg.get("draft_vocab_size") or (lm_head.shape[0] if lm_head is not None else V))
+
+    taps: list[int] = []
+    if kind == "eagle3":
+        N = target.n_layer
+        taps = cfg.get("eagle_aux_hidden_state_layer_ids") or [2, N // 2, N - 3]
+        if len(taps) != 3 or not all(isinstance(t, int) and 0 <= t <= N for t in taps):
+            raise ConversionError(f"{src}: EAGLE-3 tap layers {taps} do not fit the target's {N} layers "
+                                  f"({target.path.name}); need 3 layer ids in 0..{N} "
+                                  "(set eagle_aux_hidden_state_layer_ids)")
+
+    return HeadParams(
+        kind=kind, n_embd=h, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
+        eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        n_ctx=int(cfg.get("max_position_embeddings", 2048)), n_vocab=V, n_vocab_draft=n_vocab_draft,
+        fc_bias=kind == "eagle" and bool(cfg.get("bias", True)),
+        qkv_bias=kind == "eagle" and bool(cfg.get("qkv_bias", False)),
+        rope_scaling=_rope_scaling(cfg, src), target_hidden=h_t, taps=taps,
+        norm_before_residual=bool(cfg.get("norm_before_residual", False)))
+
+
+def expected_tensors(p: HeadParams, present: set[str]) -> tuple[dict[str, tuple[str, tuple[str, ...]]], set[str]]:
+    """(the table rows this head uses, the ones of them it must have)."""
+    table = EAGLE3_TENSORS if p.kind == "eagle3" else EAGLE12_TENSORS
+    rows = dict(table)
+    if p.kind == "eagle":
+        if not p.fc_bias:
+            del rows["fc.bias"]
+        if not p.qkv_bias:
+            for n in ("q", "k", "v"):
+                del rows[f"layers.0.self_attn.{n}_proj.bias"]
+    optional = {"embed_tokens.weight", "d2t"}
+    if p.kind == "eagle":
+        optional.add("lm_head.weight")
+    required = set(rows) - optional
+    if p.n_vocab_draft != p.n_vocab:
+        required.add("d2t")
+    if "d2t" in present:
+        required.add("lm_head.weight")
+    return rows, required
+
+
+def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half rows -> llama.cpp NORM-mode rows within each head (llama.cpp's LlamaModel.permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PlannedTensor:
+    name: str                                  # GGUF name
+    source: str                                # checkpoint name as stored
+    shape: tuple[int, ...]
+    qtype: gguf.GGMLQuantizationType
+    make: Callable[[], np.ndarray]             # the converted data, ready to write
+
+
+def _out_type(shape: tuple[int, ...], outtype: str) -> gguf.GGMLQuantizationType:
+    T = gguf.GGMLQuantizationType
+    if len(shape) != 2 or outtype == "f32":
+        return T.F32
+    if outtype == "q8_0" and shape[1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] == 0:
+        return T.Q8_0
+    return T.F16
+
+
+def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    T = gguf.GGMLQuantizationType
+    if qtype == T.F32:
+        return np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == T.F16:
+        return np.ascontiguousarray(data, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block * size
+
+
+def plan(ckpt: Checkpoint, target: TargetInfo, outtype: str) -> tuple[HeadParams, list[PlannedTensor]]:
+    """Validates the checkpoint against the tables and the target; nothing is written yet."""
+    files = ", ".join(f.name for f in ckpt.files)
+    where = ckpt.dir / files if len(ckpt.files) == 1 else ckpt.dir
+    stored = list(ckpt.tensors)
+    kind = detect_kind(merged_config(ckpt.config), stored, {n: t.shape for n, t in ckpt.tensors.items()})
+    names = canonical_names(stored, kind, where)
+    p = head_params(ckpt, kind, names, target)
+    rows, required = expected_tensors(p, set(names))
+
+    ignored = {n for n in names if n in IGNORED_TENSORS or n.endswith(IGNORED_SUFFIXES)}
+    unexpected = sorted(names[n] for n in names if n not in rows and n not in ignored)
+    if unexpected:
+        hint = ""
+        if p.kind == "eagle" and any(n.endswith("fc.bias") for n in unexpected):
+            hint = " (config.json says \"bias\": false)"
+        elif p.kind == "eagle" and any(n.endswith("_proj.bias") for n in unexpected):
+            hint = " (config.json does not set \"qkv_bias\": true)"
+        raise ConversionError(f"{where}: unexpected tensors in this {kind} head{hint}: {', '.join(unexpected)}")
+    missing = sorted(n for n in required if n not in names)
+    if missing:
+        raise ConversionError(f"{where}: missing tensors for this {kind} head: {', '.join(missing)}")
+
+    dims = p.dims()
+    planned: list[PlannedTensor] = []
+    for canon, (gguf_name, sym) in rows.items():
+        if canon not in names:
+            continue
+        t = ckpt.tensors[names[canon]]
+        want = tuple(dims[s] for s in sym)
+        if t.shape != want:
+            raise ConversionError(f"{where}: tensor {names[canon]}: expected shape ({', '.join(sym)}) = {want}, "
+                                  f"got {t.shape}")
+        if canon == "d2t":
+            if t.dtype in _FLOAT_DTYPES:
+                raise ConversionError(f"{where}: tensor {names[canon]}: d2t must be integer, got {t.dtype}")
+            d2t = t.load().reshape(-1) + np.arange(want[0], dtype=np.int64)  # offsets -> absolute ids
+            if d2t.min() < 0 or d2t.max() >= p.n_vocab:
+                raise ConversionError(f"{where}: d2t maps draft ids outside the target vocabulary 0..{p.n_vocab - 1}")
+            if np.unique(d2t).size != d2t.size:
+                raise ConversionError(f"{where}: d2t maps two draft ids to the same target id")
+            planned.append(PlannedTensor("d2t", names[canon], want, gguf.GGMLQuantizationType.I64,
+                                         lambda d2t=d2t: d2t))
+            continue
+        if t.dtype not in _FLOAT_DTYPES:
+            raise ConversionError(f"{where}: tensor {names[canon]}: expected a float tensor, got {t.dtype}")
+        n_perm = p.n_head if canon.endswith(PERMUTED_Q) else p.n_head_kv if canon.endswith(PERMUTED_K) else 0
+        qtype = _out_type(want, outtype)
+
+        def make(t=t, n_perm=n_perm, qtype=qtype) -> np.ndarray:
+            data = t.load()
+            return _encode(permute_rows(data, n_perm) if n_perm else data, qtype)
+
+        planned.append(PlannedTensor(gguf_name, names[canon], want, qtype, make))
+
+    if p.rope_scaling and p.rope_scaling["type"] == "llama3":
+        factors = llama3_rope_factors(p.head_dim, p.rope_theta, p.rope_scaling)
+        planned.append(PlannedTensor("rope_freqs.weight", "config.json rope_scaling", factors.shape,
+                                     gguf.GGMLQuantizationType.F32, lambda: factors))
+    return p, planned
+
+
+def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt: Checkpoint, outtype: str) -> None:
+    arch = p.kind
+    w.add_name(ckpt.dir.resolve().name)
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
+    w.add_context_length(p.n_ctx)
+    w.add_embedding_length(p.n_embd)
+    w.add_block_count(1)
+    w.add_feed_forward_length(p.n_ff)
+    w.add_head_count(p.n_head)
+    w.add_head_count_kv(p.n_head_kv)
+    w.add_layer_norm_rms_eps(p.eps)
+    w.add_rope_freq_base(p.rope_theta)
+    w.add_rope_dimension_count(p.head_dim)
+    if p.head_dim * p.n_head != p.n_embd:
+        w.add_key_length(p.head_dim)
+        w.add_value_length(p.head_dim)
+    if p.rope_scaling and p.rope_scaling["type"] == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(p.rope_scaling["factor"])
+    if arch == "eagle3":
+        # as llama.cpp's converter writes them: vocab_size is the target's (Vd is d2t's length)
+        w.add_vocab_size(p.n_vocab)
+        w.add_array(f"{arch}.target_layers", [int(t) for t in p.taps])
+        w.add_uint32(f"{arch}.target_hidden_size", p.target_hidden)
+        w.add_bool(f"{arch}.norm_before_residual", p.norm_before_residual)
+        w.add_bool(f"{arch}.norm_before_fc", False)
+        for key, value, vtype, sub_type in target.tokenizer_kv:  # llama.cpp's loader needs the vocabulary
+            w.add_key_value(key, value, vtype, sub_type)
+    else:
+        w.add_vocab_size(p.n_vocab_draft)
+
+    w.add_uint32("pyeagle.format_version", FORMAT_VERSION)
+    w.add_uint32("pyeagle.target.vocab_size", target.n_vocab)
+    w.add_string("pyeagle.target.vocab_hash", vocab_hash(target.tokens))
+    w.add_uint32("pyeagle.target.n_embd", target.n_embd)
+    kind_name = "EAGLE-3" if arch == "eagle3" else "EAGLE-1/2"
+    w.add_string("pyeagle.source", f"{kind_name} checkpoint {ckpt.dir.resolve().name} "
+                                   f"({', '.join(f.name for f in ckpt.files)})")
+
+
+def convert(checkpoint_dir: str | os.PathLike, target_gguf: str | os.PathLike, outfile: str | os.PathLike,
+            outtype: str = "f32") -> Path:
+    """Converts the head in checkpoint_dir for the target model; returns the written GGUF path.
+    The output appears only when the conversion succeeded (written to a .part file, then renamed)."""
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"outtype {outtype!r}: expected one of {', '.join(OUTTYPES)}")
+    ckpt = read_checkpoint(checkpoint_dir)
+    target = read_target(target_gguf)
+    p, planned = plan(ckpt, target, outtype)
+    logger.info("%s head: h=%d ff=%d heads=%d/%d V=%d Vd=%d%s, %d tensors", p.kind, p.n_embd, p.n_ff, p.n_head,
+                p.n_head_kv, p.n_vocab, p.n_vocab_draft, f" taps={p.taps}" if p.taps else "", len(planned))
+
+    out = Path(outfile)
+    part = out.with_name(out.name + ".part")
+    w = gguf.GGUFWriter(part, p.kind)
+    try:
+        _write_metadata(w, p, target, ckpt, outtype)
+        for t in planned:  # raw_dtype gives the GGML type; the NumPy dtype is then only nominal
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        bar = tqdm(planned, desc="converting", unit="tensor", disable=None) if tqdm else planned
+        for t in bar:
+            data = t.make()
+            if data.nbytes != _nbytes(t.shape, t.qtype):
+                raise ConversionError(f"{t.source}: converted size {data.nbytes} != planned {_nbytes(t.shape, t.qtype)}")
+            w.write_tensor_data(data)
+        w.close()
+        os.replace(part, out)
+    except BaseException:
+        w.close()
+        part.unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s", out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Convert an EAGLE-1/2 or EAGLE-3 draft head to GGUF for pyeagle / llama.cpp.")
+    ap.add_argument("checkpoint_dir", help="directory with config.json and model.safetensors or pytorch_model.bin")
+    ap.add_argument("--target", required=True, help="the target model GGUF the head was trained for")
+    ap.add_argument("--outfile", help="output GGUF (default: <checkpoint dir name>-<outtype>.gguf)")
+    ap.add_argument("--outtype", choices=OUTTYPES, default="f32",
+                    help="type of 2-D weight matrices (norms, biases and d2t stay f32/i64); "
+                         "q8_0 falls back to f16 for rows not a multiple of 32")
+    ap.add_argument("--verbose", action="store_true", help="log details")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    outfile = args.outfile or f"{Path(args.checkpoint_dir).resolve().name}-{args.outtype}.gguf"
+    try:
+        convert(args.checkpoint_dir, args.target, outfile, args.outtype)
+    except (ConversionError, OSError) as e:  # OSError: e.g. an unwritable --outfile
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""Training an EAGLE-1/2 head (REFERENCE.md section 4) and exporting it.
+
+The head: fc(concat(embed(token t+1), feature t)) -> one Llama decoder layer without input norm
+-> y, the predicted feature t+1; logits = W y with W the target's (frozen) output matrix, or the
+rows of W for a frequency-ranked draft vocabulary. Loss per row: SmoothL1(y, feature t+1) +
+0.1 * soft cross-entropy(target distribution from feature t+1, head distribution from y), on rows
+that predict answer tokens; uniform noise U(-0.1, 0.1) on the input features; AdamW (0.9, 0.95),
+gradient clip 0.5, linear warm-up then cosine decay. Embedding and output matrix are frozen.
+
+Sequences are packed into windows of `seq` rows with a block-diagonal causal mask (RoPE
+positions restart at each sequence, as at inference). State (weights, optimizer, step, RNG) is
+saved atomically to RUN/state.pt every few minutes and at the end, so Ctrl-C or --minutes loses
+at most that much and rerunning continues.
+
+Export writes the published EAGLE layout (config.json + model.safetensors with the official key
+names; a reduced vocabulary adds `lm_head.weight` and `d2t`), then converts it with
+pyeagle.convert: the project's own head takes the same path as anyone's.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import load
+
+P_WEIGHT, V_WEIGHT, NOISE = 0.1, 1.0, 0.1
+
+
+@dataclass
+class HeadConfig:
+    hidden: int
+    n_head: int
+    n_head_kv: int
+    ff: int
+    eps: float
+    rope_theta: float
+    vocab: int
+    context_length: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_head
+
+
+def target_config_and_matrices(model: str) -> tuple[HeadConfig, np.ndarray, np.ndarray]:
+    """The target's layer shape (the head copies it), its output matrix and its token embedding
+    ([V, h] float32 each; the same array when the model ties them)."""
+    r = gguf.GGUFReader(model)
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+
+    def kv(key: str):
+        f = r.fields[f"{arch}.{key}"]
+        return f.parts[f.data[0]][0].item()
+
+    tensors = {t.name: t for t in r.tensors}
+    out = tensors.get("output.weight", tensors["token_embd.weight"])
+    w = gguf.quants.dequantize(out.data, out.tensor_type).astype(np.float32)
+    cfg = HeadConfig(hidden=int(kv("embedding_length")), n_head=int(kv("attention.head_count")),
+                     n_head_kv=int(kv("attention.head_count_kv")), ff=int(kv("feed_forward_length")),
+                     eps=float(kv("attention.layer_norm_rms_epsilon")),
+                     rope_theta=float(kv("rope.freq_base")) if f"{arch}.rope.freq_base" in r.fields else 10000.0,
+                     vocab=w.shape[0], context_length=int(kv("context_length")))
+    emb = tensors["token_embd.weight"]
+    e = w if emb is out else gguf.quants.dequantize(emb.data, emb.tensor_type).astype(np.float32)
+    return cfg, w, e
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([-b, a], dim=-1)
+
+
+class EagleHead(nn.Module):
+    """EAGLE-1/2 head with the official parameter names (fc, layers.0.*)."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        h, d = cfg.hidden, cfg.head_dim
+        self.cfg = cfg
+        self.fc = nn.Linear(2 * h, h, bias=True)
+        self.q_proj = nn.Linear(h, cfg.n_head * d, bias=False)
+        self.k_proj = nn.Linear(h, cfg.n_head_kv * d, bias=False)
+        self.v_proj = nn.Linear(h, cfg.n_head_kv * d, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * d, h, bias=False)
+        self.post_attention_layernorm = nn.Parameter(torch.ones(h))
+        self.gate_proj = nn.Linear(h, cfg.ff, bias=False)
+        self.up_proj = nn.Linear(h, cfg.ff, bias=False)
+        self.down_proj = nn.Linear(cfg.ff, h, bias=False)
+        for m in (self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj):
+            nn.init.normal_(m.weight, std=0.02)
+        # start as "the next feature is the current one": fc passes the feature half through
+        with torch.no_grad():
+            self.fc.weight.normal_(std=0.02)
+            self.fc.weight[:, h:] += torch.eye(h)
+            self.fc.bias.zero_()
+        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).double() / d),
+                             persistent=False)
+
+    def forward(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """e, f: [B, L, h]; pos: [B, L]; mask: [B, L, L] bool (True: may attend). -> y [B, L, h]."""
+        cfg, (B, L, _) = self.cfg, e.shape
+        d = cfg.head_dim
+        z = self.fc(torch.cat([e, f], dim=-1))
+        q = self.q_proj(z).view(B, L, cfg.n_head, d).transpose(1, 2)
+        k = self.k_proj(z).view(B, L, cfg.n_head_kv, d).transpose(1, 2)
+        v = self.v_proj(z).view(B, L, cfg.n_head_kv, d).transpose(1, 2)
+        ang = pos.double()[..., None] * self.inv_freq
+        ang = torch.cat([ang, ang], dim=-1)
+        cos, sin = ang.cos().float()[:, None], ang.sin().float()[:, None]
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        g = cfg.n_head // cfg.n_head_kv
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        a = z + self.o_proj(a.transpose(1, 2).reshape(B, L, cfg.n_head * d))
+        n = rms_norm(a, self.post_attention_layernorm, cfg.eps)
+        return a + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
+
+    def eagle_state_dict(self) -> dict[str, torch.Tensor]:
+        a, m = "layers.0.self_attn.", "layers.0.mlp."
+        return {"fc.weight": self.fc.weight, "fc.bias": self.fc.bias,
+                a + "q_proj.weight": self.q_proj.weight, a + "k_proj.weight": self.k_proj.weight,
+                a + "v_proj.weight": self.v_proj.weight, a + "o_proj.weight": self.o_proj.weight,
+                "layers.0.post_attention_layernorm.weight": self.post_attention_layernorm,
+                m + "gate_proj.weight": self.gate_proj.weight, m + "up_proj.weight": self.up_proj.weight,
+                m + "down_proj.weight": self.down_proj.weight}
+
+
+# --- data -------------------------------------------------------------------------------------
+@dataclass
+class Rows:
+    """Training rows of all sequences, concatenated. Row t of a sequence: (feature t, token t+1)
+    at position t; targets: feature t+1 and the token distribution it gives."""
+    feat: np.ndarray      # [R + S, h] float16: feature t (inputs) -- with one extra row per sequence
+    tok: np.ndarray       # [R] int64: token t+1
+    pos: np.ndarray       # [R] int64
+    tgt: np.ndarray       # [R] int64: index into feat of feature t+1
+    nexttok: np.ndarray   # [R] int64: token t+2 (the token this row's draft should be)
+    mask: np.ndarray      # [R] bool: row predicts an answer token
+    seq_start: np.ndarray  # [S + 1] row offsets
+
+
+def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
+    feats, tok, pos, tgt, nxt, msk, starts = [], [], [], [], [], [], [0]
+    f_off = 0
+    for c in chunks:
+        off, npr = c["offsets"], c["n_prompt"]
+        for s in range(len(npr)):
+            a, b = int(off[s]), int(off[s + 1])
+            n = b - a
+            if n < 4:
+                continue
+            toks = c["tokens"][a:b].astype(np.int64)
+            r = np.arange(n - 2)
+            feats.append(c["features"][a:b - 1])       # features 0..n-2
+            tok.append(toks[1:n - 1])
+            pos.append(r)
+            tgt.append(f_off + r + 1)
+            nxt.append(toks[2:n])
+            msk.append(r + 2 >= int(npr[s]))
+            f_off += n - 1
+            starts.append(starts[-1] + n - 2)
+    return Rows(np.concatenate(feats), np.concatenate(tok), np.concatenate(pos), np.concatenate(tgt),
+                np.concatenate(nxt), np.concatenate(msk), np.asarray(starts, np.int64))
+
+
+def pack(rows: Rows, seqs: np.ndarray, seq_len: int) -> list[list[tuple[int, int]]]:
+    """Greedy packing of whole sequences (cut at seq_len) into windows of at most seq_len rows."""
+    windows, cur, used = [], [], 0
+    for s in seqs:
+        a, b = int(rows.seq_start[s]), int(rows.seq_start[s + 1])
+        b = min(b, a + seq_len)
+        if used + (b - a) > seq_len and cur:
+            windows.append(cur)
+            cur, used = [], 0
+        cur.append((a, b))
+        used += b - a
+    if cur:
+        windows.append(cur)
+    return windows
+
+
+def row_to_feat(rows: Rows, r: np.ndarray) -> np.ndarray:
+    """Index into rows.feat of feature t for row r (the feature before tgt)."""
+    return rows.tgt[r] - 1
+
+
+def make_batch(rows: Rows, windows: list[list[tuple[int, int]]], seq_len: int):
+    B = len(windows)
+    idx = np.full((B, seq_len), -1, np.int64)
+    seg = np.full((B, seq_len), -1, np.int64)
+    for b, w in enumerate(windows):
+        i = 0
+        for j, (a, e) in enumerate(w):
+            idx[b, i:i + e - a] = np.arange(a, e)
+            seg[b, i:i + e - a] = j
+            i += e - a
+    valid = idx >= 0
+    r = np.where(valid, idx, 0)
+    segt = torch.from_numpy(seg)
+    causal = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool))
+    mask = (segt[:, :, None] == segt[:, None, :]) & causal
+    mask |= torch.eye(seq_len, dtype=torch.bool)  # padding rows attend themselves (no NaN)
+    return dict(
+        f=torch.from_numpy(rows.feat[row_to_feat(rows, r)].astype(np.float32)),
+        y=torch.from_numpy(rows.feat[rows.tgt[r]].astype(np.float32)),
+        tok=torch.from_numpy(rows.tok[r]), pos=torch.from_numpy(rows.pos[r]),
+        nexttok=torch.from_numpy(rows.nexttok[r]),
+        w=torch.from_numpy(valid & rows.mask[r]).float(), mask=mask)
+
+
+# --- training ---------------------------------------------------------------------------------
+@dataclass
+class FitConfig:
+    model: str
+    draft_vocab: int
+    epochs: float
+    lr: float
+    seq: int
+    batch: int
+    seed: int
+    n_rows: int = 0
+    n_val_seqs: int = 0
+
+
+def draft_vocabulary(rows: Rows, vocab: int, size: int) -> np.ndarray:
+    """The `size` most frequent answer tokens of the data (all tokens when size is 0 or >= vocab)."""
+    if size <= 0 or size >= vocab:
+        return np.arange(vocab, dtype=np.int64)
+    counts = np.bincount(rows.nexttok[rows.mask], minlength=vocab)
+    top = np.argsort(-counts, kind="stable")[:size]
+    return np.sort(top).astype(np.int64)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C during the write leaves the old file
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tensor, w_d: torch.Tensor,
+             map_full_to_draft: torch.Tensor) -> dict[str, float]:
+    """Top-1 agreement of the head with the target on held-out answer rows (and within top-4)."""
+    head.eval()
+    hit1 = hit4 = n = 0.0
+    with torch.no_grad():
+        for i in range(0, len(windows), 8):
+            bt = make_batch(rows, windows[i:i + 8], seq_len)
+            y = head(emb[bt["tok"]], bt["f"], bt["pos"], bt["mask"])
+            want = map_full_to_draft[bt["nexttok"]]
+            top = (y @ w_d.T).topk(4, dim=-1).indices
+            m = bt["w"] > 0
+            hit1 += ((top[..., 0] == want) & m).sum().item()
+            hit4 += ((top == want[..., None]).any(-1) & m).sum().item()
+            n += m.sum().item()
+    head.train()
+    return {"top1": hit1 / max(n, 1), "top4": hit4 / max(n, 1), "rows": n}
+
+
+def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: float = 4, lr: float = 3e-4,
+        seq: int = 512, batch: int = 4, seed: int = 0, n_threads: int = 0, minutes: float = 0,
+        steps: int = 0, save_every_s: float = 300, progress: bool = True) -> dict:
+    """Trains (or continues training) the head in `run`; stops at the end, after `minutes` or
+    after `steps` more steps (0: no limit). Returns a summary (with held-out accuracy at the end)."""
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg, w_full, e_full = target_config_and_matrices(model)
+    rows = build_rows(load(data_dir))
+    n_seqs = len(rows.seq_start) - 1
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_seqs)
+    n_val = max(1, n_seqs // 50)
+    val_seqs, train_seqs = np.sort(order[:n_val]), order[n_val:]
+    fc = FitConfig(model=str(model), draft_vocab=draft_vocab, epochs=epochs, lr=lr, seq=seq, batch=batch, seed=seed,
+                   n_rows=int(rows.mask.sum()), n_val_seqs=int(n_val))
+
+    vocab_file = run / "draft_vocab.npy"
+    if vocab_file.exists():
+        ids = np.load(vocab_file)
+    else:
+        ids = draft_vocabulary(rows, cfg.vocab, draft_vocab)
+        np.save(vocab_file, ids)
+    (run / "config.json").write_text(json.dumps({"head": asdict(cfg), "fit": asdict(fc)}, indent=1))
+    coverage = float(np.isin(rows.nexttok[rows.mask], ids).mean())
+
+    torch.manual_seed(seed)
+    emb = torch.from_numpy(e_full)
+    w_d = torch.from_numpy(w_full[ids])                    # frozen draft LM head
+    to_draft = torch.full((cfg.vocab,), -1, dtype=torch.long)
+    to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
+    head = EagleHead(cfg)
+    steps_per_epoch = math.ceil(len(pack(rows, train_seqs, seq)) / batch)
+    total = max(1, int(steps_per_epoch * epochs))
+    warm = min(200, total // 10 + 1)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    step, log = 0, []
+    state_file = run / "state.pt"
+    if state_file.exists():
+        st = torch.load(state_file, weights_only=False)
+        head.load_state_dict(st["head"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        step, log = st["step"], st["log"]
+        print(f"resuming {run} at step {step}/{total}")
+    val_windows = pack(rows, val_seqs, seq)
+
+    def save():
+        _save_atomic({"head": head.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                      "step": step, "log": log}, state_file)
+
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=step, unit="step", disable=not progress, smoothing=0.05)
+    t_end = time.monotonic() + minutes * 60 if minutes > 0 else float("inf")
+    stop_step = min(total, step + steps) if steps > 0 else total
+    log_every = max(1, min(50, total // 20))
+    t_save = time.monotonic()
+    t0, tokens_seen = time.monotonic(), 0
+    try:
+        while step < stop_step and time.monotonic() < t_end:
+            epoch = step // steps_per_epoch
+            windows = pack(rows, np.random.default_rng(seed + 1 + epoch).permutation(train_seqs), seq)
+            np.random.default_rng(seed + 1000 + epoch).shuffle(windows)
+            for i in range((step % steps_per_epoch) * batch, len(windows), batch):
+                if step >= stop_step or time.monotonic() >= t_end:
+                    break
+                bt = make_batch(rows, windows[i:i + batch], seq)
+                g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+                noise = (torch.rand(bt["f"].shape, generator=g) * 2 - 1) * NOISE
+                y = head(emb[bt["tok"]], bt["f"] + noise, bt["pos"], bt["mask"])
+                m = bt["w"]
+                n = m.sum().clamp(min=1)
+                l_feat = (F.smooth_l1_loss(y, bt["y"], reduction="none").mean(-1) * m).sum() / n
+                with torch.no_grad():
+                    p_t = torch.softmax(bt["y"] @ w_d.T, dim=-1)
+                logp = torch.log_softmax(y @ w_d.T, dim=-1)
+                l_tok = (-(p_t * logp).sum(-1) * m).sum() / n
+                loss = V_WEIGHT * l_feat + P_WEIGHT * l_tok
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(head.parameters(), 0.5)
+                opt.step()
+                sched.step()
+                step += 1
+                tokens_seen += int(m.sum().item())
+                acc = ((logp.argmax(-1) == p_t.argmax(-1)).float() * m).sum().item() / n.item()
+                bar.update(1)
+                bar.set_postfix(feat=f"{l_feat.item():.3f}", tok=f"{l_tok.item():.2f}", acc=f"{acc:.2f}",
+                                tok_s=f"{tokens_seen / (time.monotonic() - t0):.0f}")
+                if step % log_every == 0 or step == 1:
+                    log.append({"step": step, "feat": l_feat.item(), "tok": l_tok.item(), "acc": acc})
+                if time.monotonic() - t_save > save_every_s:
+                    save()
+                    t_save = time.monotonic()
+    finally:
+        bar.close()
+        save()
+    result = {"step": step, "total": total, "draft_vocab": len(ids), "coverage": coverage,
+              "train_rows_per_s": tokens_seen / max(time.monotonic() - t0, 1e-9)}
+    if step >= total:
+        result["val"] = evaluate(head, rows, val_windows, seq, emb, w_d, to_draft)
+        (run / "result.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return result
+
+
+def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype: str = "f16") -> Path:
+    """RUN/state.pt -> EAGLE layout (config.json + model.safetensors) -> GGUF."""
+    from safetensors.numpy import save_file
+
+    from ..convert import convert
+
+    meta = json.loads((run / "config.json").read_text())
+    cfg = HeadConfig(**meta["head"])
+    head = EagleHead(cfg)
+    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
+    tensors = {k: v.detach().float().numpy().copy() for k, v in head.eagle_state_dict().items()}
+    ids = np.load(run / "draft_vocab.npy")
+    if len(ids) < cfg.vocab:
+        _, w, _ = target_config_and_matrices(model)
+        tensors["lm_head.weight"] = np.ascontiguousarray(w[ids])
+        tensors["d2t"] = (ids - np.arange(len(ids))).astype(np.int64)  # EAGLE-3's convention: offsets
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": cfg.hidden, "intermediate_size": cfg.ff, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head_kv, "num_hidden_layers": 1, "rms_norm_eps": cfg.eps,
+        "rope_theta": cfg.rope_theta, "rope_scaling": None, "max_position_embeddings": cfg.context_length,
+        "vocab_size": cfg.vocab, "bias": True, "torch_dtype": "float32",
+    }
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(checkpoint_dir / "model.safetensors"), metadata={"format": "pt"})
+    convert(checkpoint_dir, model, gguf_out, outtype)
+    print(f"wrote {checkpoint_dir}/ and {gguf_out} ({gguf_out.stat().st_size / 1e6:.1f} MB)")
+    return gguf_out
