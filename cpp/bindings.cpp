@@ -240,5 +240,7 @@ PYBIND11_MODULE(_core, m) {
                      py::gil_scoped_acquire acquire;
                      out = fn(ctx, k).cast<std::vector<std::pair<float, int32_t>>>();
                  });
-             }, py::arg("fn"), "test hook: fn(context_tokens, k) -> [(logprob, token)] replaces the head's drafts");
+             }, py::arg("fn"), "test hook: fn(context_tokens, k) -> [(logprob, token)] replaces the head's drafts")
+        .def("set_broken_acceptance", &engine::set_broken_acceptance, py::arg("broken"),
+             "test hook: a deliberately wrong sampled acceptance rule (no residual)");
 }

@@ -38,6 +38,7 @@ class TinySpec:
     seed: int = 0
     weight_type: str = "f32"  # f32 | f16 | q8_0
     arch: str = "llama"
+    output_scale: float = 3.0  # logit spread: larger values give peakier next-token distributions
 
 
 def vocab() -> tuple[list[str], list[float], list[int]]:
@@ -117,7 +118,7 @@ def write_tiny_llama(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
             (p + "ffn_up.weight", mat(ff, h, 1.0 / np.sqrt(h))),
             (p + "ffn_down.weight", mat(h, ff, 1.0 / np.sqrt(ff))),
         ]
-    tensors += [("output_norm.weight", norm(h)), ("output.weight", mat(n_vocab, h, 3.0 / np.sqrt(h)))]
+    tensors += [("output_norm.weight", norm(h)), ("output.weight", mat(n_vocab, h, spec.output_scale / np.sqrt(h)))]
 
     for name, data in tensors:
         if data.ndim == 1 or spec.weight_type == "f32":

@@ -29,7 +29,7 @@ accept_result accept_greedy(const draft_tree & t, const node_logits & logits, in
 }
 
 accept_result accept_sampled(const draft_tree & t, const node_logits & logits, int32_t n_vocab,
-                             const sampling_params & sp, std::mt19937_64 & rng) {
+                             const sampling_params & sp, std::mt19937_64 & rng, bool residual) {
     const auto ch = children_of(t);
     accept_result r;
     std::vector<float> p;
@@ -44,6 +44,7 @@ accept_result accept_sampled(const draft_tree & t, const node_logits & logits, i
             const llama_token x = t.token[c];
             const double px = p[x] / mass;
             if (uni(rng) < px) { next = c; break; }
+            if (!residual) continue;
             mass -= p[x];
             p[x] = 0.0f;
             if (mass <= 0) break;

@@ -252,7 +252,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
                 t0 = clock_t_::now();
                 auto logits = [&](int32_t i) { return target_->logits(i); };
                 accept_result acc = sp.temperature <= 0 ? accept_greedy(tree, logits, target_->n_vocab())
-                                                        : accept_sampled(tree, logits, target_->n_vocab(), sp, rng);
+                                                        : accept_sampled(tree, logits, target_->n_vocab(), sp, rng, !broken_acceptance_);
                 target_->commit(acc.path);
                 for (int32_t node : acc.path) keep_features(node, 1);
                 for (size_t j = 1; j < acc.path.size(); ++j) emitted.push_back(tree.token[acc.path[j]]);

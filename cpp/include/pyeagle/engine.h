@@ -75,6 +75,9 @@ public:
     // test hook: replace the head's draft log-probs with an oracle's (e.g. the target itself)
     using draft_oracle = std::function<void(const std::vector<int32_t> & context, std::vector<std::pair<float, int32_t>> & out, int32_t k)>;
     void set_draft_oracle(draft_oracle o) { oracle_ = std::move(o); }
+    // test hook: a deliberately wrong acceptance rule (no residual), so that the sampling test
+    // can show it has the power to catch one
+    void set_broken_acceptance(bool broken) { broken_acceptance_ = broken; }
 
 private:
     void sync_head(int32_t root);
@@ -86,6 +89,7 @@ private:
     std::vector<float> features_;  // [target n_past, head n_feature]: target features of committed positions
     std::atomic<bool> cancel_{false};
     draft_oracle oracle_;
+    bool broken_acceptance_ = false;
 };
 
 }  // namespace pyeagle

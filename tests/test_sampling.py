@@ -1,0 +1,136 @@
+"""Sampling keeps the target's distribution: the empirical joint distribution of the first two
+generated tokens against the exact one, computed from the target's logits.
+
+The tiny model has peaked next-token distributions (output_scale 7) so that a few thousand
+samples give every frequent (token 1, token 2) pair a large expected count. Drafts come from the
+target itself (its top tokens, the "head built to be right" extreme), so paths of accepted
+drafts, rejected siblings and residual bonus tokens all occur. Each configuration draws
+N = 4000 samples (seeds 0..N-1) and runs a chi-square goodness-of-fit test over the pairs with
+expected count >= 5 (the rest pooled into one bin); it fails below significance ALPHA = 1e-3.
+The seeds are fixed, so the outcome is deterministic. The same test with a deliberately wrong
+acceptance rule (no residual renormalisation) must fail: the test has power.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pyeagle import Engine, Target
+from tiny_gguf import TinySpec, write_tiny_llama
+
+EXACT = dict(n_ctx=256, n_threads=1, flash_attn=0, kv_f32=True)
+N, ALPHA = 4000, 1e-3
+PROMPT = "the tree of code"
+TREE = dict(n_depth=3, n_top_k=3, n_tree=6)
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory):
+    return str(write_tiny_llama(tmp_path_factory.mktemp("peaked") / "peaked.gguf",
+                                TinySpec(weight_type="f32", output_scale=7.0, seed=5)))
+
+
+def processed(logits: np.ndarray, temperature: float, top_p: float, top_k: int) -> np.ndarray:
+    """The target distribution after temperature, top-k and top-p (sampling.cpp's order and ties)."""
+    lg = logits.astype(np.float64)
+    p = np.exp((lg - lg.max()) / temperature)
+    if 0 < top_k < len(p):
+        keep = np.lexsort((np.arange(len(p)), -p))[:top_k]  # best first, ties to the lower id
+        mask = np.zeros(len(p), bool)
+        mask[keep] = True
+        p = np.where(mask, p, 0.0)
+    if top_p < 1.0:
+        order = np.lexsort((np.arange(len(p)), -p))
+        order = order[p[order] > 0]
+        acc, keep = 0.0, 0
+        while keep < len(order) and acc < top_p * p.sum():
+            acc += p[order[keep]]
+            keep += 1
+        p[order[keep:]] = 0.0
+    return p / p.sum()
+
+
+def exact_pairs(model: str, prompt: list[int], temperature: float, top_p: float, top_k: int) -> dict:
+    t = Target(model, **EXACT)
+    t.prefill(prompt)
+    p1 = processed(t.last_logits(), temperature, top_p, top_k)
+    out = {}
+    for x1 in np.nonzero(p1 > 1e-12)[0]:
+        t.truncate(len(prompt))
+        t.decode(int(x1))
+        p2 = processed(t.last_logits(), temperature, top_p, top_k)
+        for x2 in np.nonzero(p2 > 1e-12)[0]:
+            out[(int(x1), int(x2))] = p1[x1] * p2[x2]
+    return out
+
+
+class Oracle:
+    """The target's own top tokens as drafts (cached per context)."""
+
+    def __init__(self, model: str):
+        self.t = Target(model, **EXACT)
+        self.cache: dict = {}
+
+    def __call__(self, context: list[int], k: int):
+        key = (tuple(context), k)
+        if key not in self.cache:
+            self.t.truncate(0)
+            self.t.prefill(context)
+            lg = self.t.last_logits().astype(np.float64)
+            lp = lg - lg.max() - np.log(np.exp(lg - lg.max()).sum())
+            top = np.argsort(-lp)[:k]
+            self.cache[key] = [(float(lp[i]), int(i)) for i in top]
+        return self.cache[key]
+
+
+def chi_square_p(samples: list[tuple[int, int]], exact: dict) -> float:
+    counts: dict = {}
+    for s in samples:
+        counts[s] = counts.get(s, 0) + 1
+    big = [k for k, p in exact.items() if p * N >= 5]
+    obs = [counts.get(k, 0) for k in big]
+    exp = [exact[k] * N for k in big]
+    rest_obs, rest_exp = N - sum(obs), N - sum(exp)
+    if rest_exp >= 5:
+        obs.append(rest_obs)
+        exp.append(rest_exp)
+    else:
+        assert rest_obs <= max(10, 5 * rest_exp + 5), "samples outside the exact support"
+        exp = list(np.asarray(exp) * sum(obs) / sum(exp))
+    assert len(obs) >= 4, "too few bins: the test would be weak"
+    p = stats.chisquare(obs, exp).pvalue
+    print(f"{len(obs)} bins, p = {p:.3g}")
+    return p
+
+
+def draw(model: str, temperature: float, top_p: float, top_k: int, broken: bool = False) -> list[tuple[int, int]]:
+    eng = Engine(model, draft=None, **EXACT)
+    eng._core.set_draft_oracle(Oracle(model))
+    eng._core.set_broken_acceptance(broken)
+    out = []
+    for seed in range(N):
+        toks = eng.generate(PROMPT, max_tokens=2, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                            **TREE).tokens
+        assert len(toks) == 2
+        out.append((toks[0], toks[1]))
+    return out
+
+
+CONFIGS = [(1.0, 1.0, 0), (0.7, 1.0, 0), (1.0, 0.8, 0), (0.7, 1.0, 5), (1.0, 0.9, 3)]
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", CONFIGS)
+def test_first_two_tokens_follow_the_target_distribution(peaked, temperature, top_p, top_k):
+    prompt = Target(peaked, **EXACT).tokenize(PROMPT)
+    exact = exact_pairs(peaked, prompt, temperature, top_p, top_k)
+    p = chi_square_p(draw(peaked, temperature, top_p, top_k), exact)
+    assert p > ALPHA, f"p = {p:.2e}"
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 1.0, 5)])
+def test_a_broken_acceptance_rule_fails_the_same_test(peaked, temperature, top_p, top_k):
+    prompt = Target(peaked, **EXACT).tokenize(PROMPT)
+    exact = exact_pairs(peaked, prompt, temperature, top_p, top_k)
+    p = chi_square_p(draw(peaked, temperature, top_p, top_k, broken=True), exact)
+    assert p < ALPHA, f"the broken rule went undetected: p = {p:.2e}"
