@@ -66,10 +66,11 @@ class Totals:
 
 
 class ChatSession:
-    """A conversation held in one Engine's KV cache: messages, and the tokenization the KV starts with.
+    """A conversation held in one Engine's KV cache: its messages, and the tokens of its last turn.
 
-    Invariant: `_kv_tokens` is a tokenization of `_kv_text` that the KV begins with (up to its last
-    token, which the next prefill adds); both are empty when unknown.
+    `_kv_tokens` are the last turn's prompt and reply tokens as the model saw them, `_kv_text` their
+    text; a new prompt whose text extends `_kv_text` starts with `_kv_tokens`, so the engine's prefix
+    reuse covers the whole previous turn (its KV holds all of them but the last). Empty: unknown.
     """
 
     def __init__(self, engine: Engine, template: ChatTemplate, system: str | None = None, n_predict: int = 512,
@@ -170,7 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--temp", type=float, default=0.0, help="temperature (default 0: greedy, lossless w.r.t. the target)")
     a("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0: off)")
     a("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
-    a("--seed", type=int, default=-1, help="sampling seed (default -1: random)")
+    a("--seed", type=int, default=-1, help="sampling seed of the first reply, +1 per reply (default -1: random)")
     a("--draft-depth", type=int, help="draft tree expansion steps (n_depth)")
     a("--draft-topk", type=int, help="children per expanded draft node (n_top_k)")
     a("--draft-tree", type=int, help="draft nodes verified per round (n_tree)")
@@ -197,8 +198,9 @@ def command(line: str, session: ChatSession, out) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr] - a model may emit any text
-    sys.stdin.reconfigure(errors="replace")  # type: ignore[union-attr]
+    for f in (sys.stdin, sys.stdout):  # a model may emit any text, a user may type any bytes
+        if hasattr(f, "reconfigure"):
+            f.reconfigure(errors="replace")
     draft = None if args.no_draft else (args.model_draft or "default")
     try:
         engine = Engine(args.model, draft, n_ctx=args.ctx_size, n_threads=args.threads,
@@ -212,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         template = ChatTemplate.from_target(engine.target, args.chat_template)
         session = ChatSession(engine, template, args.system_prompt, args.n_predict, args.temp, args.top_p,
                               args.top_k, seed)
-    except (TemplateError, OSError) as e:
+    except TemplateError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # --chat-template names a file that cannot be read
+        print(f"error: --chat-template: {e}", file=sys.stderr)
         return 1
 
     interactive = sys.stdin.isatty()
@@ -248,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
         except KeyboardInterrupt:
-            print("\n[interrupted: the reply is dropped]", file=info)
+            print()
+            print("[interrupted: the reply is dropped]", file=info)
             continue
         except ContextFullError as e:
             print(f"error: {e}", file=sys.stderr)

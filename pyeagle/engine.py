@@ -176,8 +176,11 @@ class Engine:
         if "error" in state:
             raise state["error"]
         tokens, reason, stats = state["result"]
-        text = "".join(text_parts) + decoder.decode(b"", final=True)
+        tail = decoder.decode(b"", final=True)  # a UTF-8 sequence cut off at the end
+        text = "".join(text_parts) + tail
         if state["stopped_at"] is not None:
             text = text[: state["stopped_at"]]
             reason = "stop_string"
+        elif tail:
+            yield tail
         yield Output(text=text, tokens=list(tokens), stop_reason=reason, stats=stats)

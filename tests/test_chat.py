@@ -57,6 +57,20 @@ def test_pipe_mode_prints_the_greedy_replies(tiny_f32):
     assert len(STATS.findall(r.stderr.decode())) == 2  # the stats lines go to stderr
 
 
+def test_pipe_mode_with_a_draft_head_gives_the_plain_replies(tiny_f32, tmp_path):
+    from eagle_checkpoints import target_dims, write_eagle12
+    from pyeagle.convert import convert
+    write_eagle12(tmp_path / "e12", **target_dims(tiny_f32))  # random: almost every draft is rejected
+    head = convert(tmp_path / "e12", tiny_f32, tmp_path / "e12.gguf")
+    lines = "hello\nsecond line\nthird\n/stats\n"
+    r = chat(tiny_f32, "-n", "16", "-md", str(head), "--draft-depth", "4", "--draft-topk", "2", "--draft-tree", "8",
+             stdin=lines)
+    plain = chat(tiny_f32, "-n", "16", "--no-draft", stdin=lines)
+    assert r.returncode == 0 and plain.returncode == 0, r.stderr.decode()
+    assert r.stdout == plain.stdout  # lossless, across turns that reuse the KV (and the head's features)
+    assert len(STATS.findall(r.stderr.decode())) == 3 and "[3 turns, 48 tokens" in r.stderr.decode()
+
+
 @pytest.fixture
 def session(tiny_f32):
     eng = Engine(tiny_f32, n_ctx=2048, n_threads=1)

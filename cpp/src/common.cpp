@@ -5,6 +5,7 @@
 #include "llama.h"
 
 #include <cstdio>
+#include <atomic>
 #include <mutex>
 #include <sys/stat.h>
 #include <vector>
@@ -28,6 +29,7 @@ std::mutex g_log_mutex;
 log_level g_level = log_level::error;
 std::string g_errors;     // recent error lines, bounded
 std::string g_partial;    // llama.cpp logs a line in pieces; keep the unfinished tail
+std::atomic<bool> g_cancelling{false};  // a cancelled llama_decode logs its abort as errors
 
 void sink(ggml_log_level level, const char * text, void *) {
     std::lock_guard<std::mutex> lock(g_log_mutex);
@@ -38,6 +40,7 @@ void sink(ggml_log_level level, const char * text, void *) {
         case GGML_LOG_LEVEL_ERROR: lv = log_level::error; break;
         default: break;
     }
+    if (g_cancelling.load() && lv >= log_level::error) return;
     if (lv >= log_level::error) {
         g_errors += text;
         if (g_errors.size() > 4096) g_errors.erase(0, g_errors.size() - 4096);
@@ -49,6 +52,10 @@ void sink(ggml_log_level level, const char * text, void *) {
 void set_log_level(log_level level) {
     std::lock_guard<std::mutex> lock(g_log_mutex);
     g_level = level;
+}
+
+void set_cancelling(bool on) {
+    g_cancelling.store(on);
 }
 
 void install_log_callback() {

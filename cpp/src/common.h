@@ -30,6 +30,8 @@ std::string format(const char * fmt, ...) __attribute__((format(printf, 1, 2)));
 enum class log_level { debug = 1, info = 2, warn = 3, error = 4, none = 5 };
 void set_log_level(log_level level);
 void install_log_callback();
+// while on, errors that llama.cpp logs (a decode aborted on request) are not printed or recorded
+void set_cancelling(bool on);
 std::string take_last_errors();  // returns and clears the errors logged since the last call
 void log(log_level level, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -134,11 +134,11 @@ std::string target::detokenize(const std::vector<llama_token> & ids, bool specia
     check_tokens(ids.data(), (int32_t) ids.size());
     std::string out(ids.size() * 8 + 16, '\0');
     int32_t n = llama_detokenize(vocab_, ids.data(), (int32_t) ids.size(), out.data(), (int32_t) out.size(),
-                                 false, !special);
+                                 false, special);
     if (n < 0) {
         out.resize(-n);
         n = llama_detokenize(vocab_, ids.data(), (int32_t) ids.size(), out.data(), (int32_t) out.size(), false,
-                             !special);
+                             special);
     }
     out.resize(std::max(n, 0));
     return out;

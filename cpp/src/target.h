@@ -8,6 +8,7 @@
 // to every leaf id (metadata only). The mask then lets a node see the prefix and its ancestors.
 #pragma once
 
+#include "common.h"
 #include "llama.h"
 
 #include <atomic>
@@ -98,8 +99,8 @@ public:
     int32_t n_logits() const { return n_logits_; }  // logits rows of the last verify (0 after prefill)
 
     // Makes a running llama_decode return early (cancel from another thread).
-    void request_abort() { abort_.store(true); }
-    void clear_abort() { abort_.store(false); }
+    void request_abort() { set_cancelling(true); abort_.store(true); }
+    void clear_abort() { abort_.store(false); set_cancelling(false); }
 
 private:
     void decode_batch(int32_t n_tokens, const char * what);
