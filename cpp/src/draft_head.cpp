@@ -264,15 +264,18 @@ void draft_head::load(const target & tgt) {
         if (d2t) throw file_error(path_, "d2t without output.weight");
     }
     gguf_file tf(tgt.path());
-    if (ggml_get_tensor(f.meta, "token_embd.weight")) {
+    const bool own_embd = ggml_get_tensor(f.meta, "token_embd.weight") != nullptr;
+    if (own_embd) {
         want(f, "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->tok_embd);
     } else {
         if (h != tgt.n_embd()) throw file_error(path_, "no token_embd.weight, and the target's has another width");
         want(tf, "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->tok_embd);
     }
+    bool out_is_embd = false;  // tied target embeddings used for both: one copy
     if (!out) {  // the target's output matrix
         const bool has_out = ggml_get_tensor(tf.meta, "output.weight") != nullptr;  // else tied embeddings
-        want(tf, has_out ? "output.weight" : "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->out);
+        out_is_embd = !has_out && !own_embd;
+        if (!out_is_embd) want(tf, has_out ? "output.weight" : "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->out);
     }
 
     // backend: the target's device (GPU when layers are offloaded), else CPU
@@ -294,6 +297,7 @@ void draft_head::load(const target & tgt) {
     if (!buf_w_) throw std::runtime_error("draft head: cannot allocate weights");
     ggml_backend_buffer_set_usage(buf_w_.get(), GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     for (auto & e : entries) e.file->read(e.src, *e.dst);
+    if (out_is_embd) w_->out = w_->tok_embd;
 
     if (d2t && out) {
         std::vector<int64_t> v(n_vocab_d_);
