@@ -545,7 +545,7 @@ def verify_curve(model: str, n_threads: int, reps: int, sizes: list[int]) -> Non
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(n_ctx=args.ctx_size, n_threads=args.threads, n_depth=args.draft_depth, n_top_k=args.draft_topk,
-                n_tree=args.draft_tree, flash_attn={"auto": -1, "off": 0, "on": 1}[args.flash_attn],
+                n_tree=args.draft_tree, p_min=args.draft_pmin, flash_attn={"auto": -1, "off": 0, "on": 1}[args.flash_attn],
                 kv_f32=args.kv_f32)
 
 
@@ -778,6 +778,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--draft-depth", type=int, help="draft tree expansion steps (n_depth)")
     a("--draft-topk", type=int, help="children per expanded draft node (n_top_k)")
     a("--draft-tree", type=int, help="draft nodes verified per round (n_tree)")
+    a("--draft-pmin", type=float, help="verify only drafts whose path probability under the head is >= this (p_min)")
     a("--json", metavar="OUT.json", help="write the results as JSON")
     a("--plot", metavar="OUT.png", help="plot speedup and tau per category (needs matplotlib)")
     a("--peer", action="store_true", help="also run llama.cpp's own speculative decoding (built once, minutes)")

@@ -175,6 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--draft-depth", type=int, help="draft tree expansion steps (n_depth)")
     a("--draft-topk", type=int, help="children per expanded draft node (n_top_k)")
     a("--draft-tree", type=int, help="draft nodes verified per round (n_tree)")
+    a("--draft-pmin", type=float, help="verify only drafts whose path probability under the head is >= this (p_min)")
     return ap.parse_args(argv)
 
 
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = Engine(args.model, draft, n_ctx=args.ctx_size, n_threads=args.threads,
                         n_gpu_layers=args.n_gpu_layers, n_depth=args.draft_depth, n_top_k=args.draft_topk,
-                        n_tree=args.draft_tree)
+                        n_tree=args.draft_tree, p_min=args.draft_pmin)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

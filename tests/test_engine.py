@@ -159,3 +159,24 @@ def test_greedy_equals_plain_with_random_head(tiny_f32, plain_outputs, random_he
         out = eng.generate(p, max_tokens=40, n_top_k=n_top_k, n_depth=n_depth, n_tree=n_tree)
         assert out.tokens == plain_outputs[p], f"prompt {p!r}"
         assert out.stats.n_passes >= 1 and out.stats.t_draft > 0
+
+
+@pytest.mark.parametrize("p_min", [0.05, 0.5, 0.95])
+def test_confidence_floor_keeps_greedy_exact_and_prunes_the_tree(tiny_f32, plain_outputs, random_heads, p_min):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    eng._core.set_draft_oracle(TargetOracle(str(tiny_f32), noise=1.0))
+    for p in PROMPTS:
+        out = eng.generate(p, max_tokens=40, n_top_k=4, n_depth=8, n_tree=32, p_min=p_min)
+        assert out.tokens == plain_outputs[p], f"prompt {p!r}"
+    # a random head is never confident: with a high floor nothing is drafted (a plain step a round)
+    eng = Engine(str(tiny_f32), draft=str(random_heads["eagle12"]), **EXACT)
+    out = eng.generate(PROMPTS[0], max_tokens=20, n_tree=32, p_min=p_min)
+    assert out.tokens == plain_outputs[PROMPTS[0]][:20]
+    if p_min >= 0.5:
+        assert out.stats.n_passes == len(out.tokens) - 1
+
+
+def test_confidence_floor_is_validated(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    with pytest.raises(ValueError, match="p_min"):
+        eng.generate("the", max_tokens=2, p_min=1.5)

@@ -85,6 +85,7 @@ void engine::sync_head(int32_t root) {
 void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st) {
     const auto t0 = clock_t_::now();
     const int32_t n_past = target_->n_past(), k = gp.n_top_k;
+    const float min_score = gp.p_min > 0.0f ? std::log(gp.p_min) : -INFINITY;
     tree_builder tb;
     tb.reset(root);
     std::vector<std::pair<float, int32_t>> top;
@@ -120,6 +121,8 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
     for (int32_t depth = 1; depth < gp.n_depth; ++depth) {
         // children of a candidate never outscore it: stop once no frontier node can enter the best n_tree
         std::vector<int32_t> frontier = tb.best_at_depth(depth, k);
+        // below the floor a node's children are too: they are never verified, so never expanded
+        while (!frontier.empty() && tb.candidates()[frontier.back()].score < min_score) frontier.pop_back();
         if (frontier.empty()) break;
         const auto & cands = tb.candidates();
         if ((int32_t) cands.size() >= gp.n_tree) {
@@ -155,7 +158,7 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
         }
         for (int32_t i = 0; i < n; ++i) add(frontier[i], head_->logits(i));
     }
-    out = tb.rerank(gp.n_tree);
+    out = tb.rerank(gp.n_tree, min_score);
     st.t_draft += since(t0);
 }
 
@@ -165,6 +168,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
         throw std::invalid_argument(format("generate: bad tree parameters (depth %d >= 1, top_k %d in [1, 64], "
                                            "tree %d >= 0, max_tokens %d >= 0)", gp.n_depth, gp.n_top_k, gp.n_tree, gp.max_tokens));
     }
+    if (!(gp.p_min >= 0.0f && gp.p_min < 1.0f)) throw std::invalid_argument("generate: need 0 <= p_min < 1");
     if (gp.temperature < 0 || gp.top_p <= 0 || gp.top_p > 1 || gp.top_k < 0) {
         throw std::invalid_argument("generate: need temperature >= 0, 0 < top_p <= 1, top_k >= 0");
     }

@@ -24,9 +24,12 @@ std::vector<int32_t> tree_builder::best_at_depth(int32_t depth, int32_t k) const
     return idx;
 }
 
-draft_tree tree_builder::rerank(int32_t m) const {
-    std::vector<int32_t> rank(cands_.size());
-    std::iota(rank.begin(), rank.end(), 0);
+draft_tree tree_builder::rerank(int32_t m, float min_score) const {
+    // a child never outscores its parent, so the candidates above a threshold form a connected tree
+    std::vector<int32_t> rank;
+    for (int32_t i = 0; i < (int32_t) cands_.size(); ++i) {
+        if (cands_[i].score >= min_score) rank.push_back(i);
+    }
     auto better = [&](int32_t a, int32_t b) {
         const candidate & x = cands_[a], & y = cands_[b];
         if (x.score != y.score) return x.score > y.score;

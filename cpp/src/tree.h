@@ -4,6 +4,7 @@
 
 #include "llama.h"
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -39,7 +40,8 @@ public:
     std::vector<int32_t> best_at_depth(int32_t depth, int32_t k) const;
     // The best m candidates overall (ties toward shallower nodes, which keeps the set connected:
     // a child never outscores its parent), root prepended, ordered by depth: the tree to verify.
-    draft_tree rerank(int32_t m) const;
+    // keeps at most m candidates, each with score >= min_score (log of its path's draft probability)
+    draft_tree rerank(int32_t m, float min_score = -INFINITY) const;
 
     std::vector<candidate> & candidates() { return cands_; }
     const std::vector<candidate> & candidates() const { return cands_; }

@@ -32,6 +32,10 @@ struct gen_params {
     int32_t  n_depth     = 6;
     int32_t  n_top_k     = 4;
     int32_t  n_tree      = 8;
+    // confidence floor: only drafts whose path probability under the head is >= p_min are
+    // verified (0: off). The tree then shrinks when the head is unsure and, within n_tree,
+    // grows deep when it is sure: a node is worth its verify cost only if likely accepted.
+    float    p_min       = 0.0f;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
     float    temperature = 0.0f;
