@@ -175,6 +175,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("n_tokens", &gen_stats::n_tokens)
         .def_readonly("n_passes", &gen_stats::n_passes, "target passes after the prefill (rounds)")
         .def_readonly("accepted_hist", &gen_stats::accepted_hist, "[k]: rounds that accepted k drafts")
+        .def_readonly("n_drafted", &gen_stats::n_drafted, "draft nodes verified, all rounds")
         .def_readonly("t_prefill", &gen_stats::t_prefill)
         .def_readonly("t_draft", &gen_stats::t_draft)
         .def_readonly("t_verify", &gen_stats::t_verify)
@@ -202,9 +203,11 @@ PYBIND11_MODULE(_core, m) {
              py::arg("kv_f32") = false)
         .def("generate", [](engine & e, const std::vector<int32_t> & prompt, int32_t n_depth, int32_t n_top_k,
                             int32_t n_tree, bool draft, float temperature, float top_p, int32_t top_k, uint64_t seed,
-                            int32_t max_tokens, std::vector<int32_t> stop_tokens, py::object callback, float p_min) {
+                            int32_t max_tokens, std::vector<int32_t> stop_tokens, py::object callback, float p_min,
+                            bool adaptive) {
                  gen_params gp;
                  gp.p_min = p_min;
+                 gp.adaptive = adaptive;
                  gp.n_depth = n_depth; gp.n_top_k = n_top_k; gp.n_tree = n_tree; gp.draft = draft;
                  gp.temperature = temperature; gp.top_p = top_p; gp.top_k = top_k; gp.seed = seed;
                  gp.max_tokens = max_tokens; gp.stop_tokens = std::move(stop_tokens);
@@ -230,7 +233,8 @@ PYBIND11_MODULE(_core, m) {
                  return py::make_tuple(r.tokens, r.stop_reason, r.stats);
              }, py::arg("prompt"), py::arg("n_depth"), py::arg("n_top_k"), py::arg("n_tree"), py::arg("draft"),
              py::arg("temperature"), py::arg("top_p"), py::arg("top_k"), py::arg("seed"), py::arg("max_tokens"),
-             py::arg("stop_tokens"), py::arg("callback"), py::arg("p_min") = 0.0f)
+             py::arg("stop_tokens"), py::arg("callback"), py::arg("p_min") = 0.0f,
+             py::arg("adaptive") = false)
         .def("cancel", &engine::cancel)
         .def("reset", &engine::reset, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("target", [](engine & e) -> target & { return e.tgt(); }, py::return_value_policy::reference_internal)

@@ -368,6 +368,11 @@ def file_fact(path: str | None) -> str:
         return f"`{path}`"
 
 
+def tree_extras(s: dict) -> str:
+    out = " (cost-aware size)" if s.get("adaptive") else ""
+    return out + (f", p_min {s['p_min']}" if s.get("p_min") else "")
+
+
 def header(args: argparse.Namespace, model: str, head: str | None, prompts_desc: str, eng: Engine) -> dict:
     facts = {"command": "python -m pyeagle.bench " + shlex.join(args.argv), "machine": machine(),
              "commit": git_commit(), "target": model, "head": head, "prompts": prompts_desc,
@@ -383,7 +388,7 @@ def header(args: argparse.Namespace, model: str, head: str | None, prompts_desc:
           f"- head: {file_fact(head)}\n- prompts: {prompts_desc}\n"
           f"- settings: {s['n_predict']} new tokens, "
           f"{'greedy' if args.temp <= 0 else f'temperature {args.temp}'}, n_threads {s['n_threads']}, n_ctx {s['n_ctx']}, "
-          f"tree depth {s['n_depth']} / top-k {s['n_top_k']} / nodes {s['n_tree']}\n")
+          f"tree depth {s['n_depth']} / top-k {s['n_top_k']} / nodes {s['n_tree']}{tree_extras(s)}\n")
     return facts
 
 
@@ -545,7 +550,7 @@ def verify_curve(model: str, n_threads: int, reps: int, sizes: list[int]) -> Non
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(n_ctx=args.ctx_size, n_threads=args.threads, n_depth=args.draft_depth, n_top_k=args.draft_topk,
-                n_tree=args.draft_tree, p_min=args.draft_pmin, flash_attn={"auto": -1, "off": 0, "on": 1}[args.flash_attn],
+                n_tree=args.draft_tree, p_min=args.draft_pmin, adaptive=args.draft_adaptive, flash_attn={"auto": -1, "off": 0, "on": 1}[args.flash_attn],
                 kv_f32=args.kv_f32)
 
 
@@ -779,6 +784,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--draft-topk", type=int, help="children per expanded draft node (n_top_k)")
     a("--draft-tree", type=int, help="draft nodes verified per round (n_tree)")
     a("--draft-pmin", type=float, help="verify only drafts whose path probability under the head is >= this (p_min)")
+    a("--draft-adaptive", action=argparse.BooleanOptionalAction, default=None,
+      help="cost-aware tree size per round, up to --draft-tree (default: the engine's)")
     a("--json", metavar="OUT.json", help="write the results as JSON")
     a("--plot", metavar="OUT.png", help="plot speedup and tau per category (needs matplotlib)")
     a("--peer", action="store_true", help="also run llama.cpp's own speculative decoding (built once, minutes)")

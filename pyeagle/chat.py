@@ -176,6 +176,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--draft-topk", type=int, help="children per expanded draft node (n_top_k)")
     a("--draft-tree", type=int, help="draft nodes verified per round (n_tree)")
     a("--draft-pmin", type=float, help="verify only drafts whose path probability under the head is >= this (p_min)")
+    a("--draft-adaptive", action=argparse.BooleanOptionalAction, default=None,
+      help="cost-aware tree size per round, up to --draft-tree (default: the engine's)")
     return ap.parse_args(argv)
 
 
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = Engine(args.model, draft, n_ctx=args.ctx_size, n_threads=args.threads,
                         n_gpu_layers=args.n_gpu_layers, n_depth=args.draft_depth, n_top_k=args.draft_topk,
-                        n_tree=args.draft_tree, p_min=args.draft_pmin)
+                        n_tree=args.draft_tree, p_min=args.draft_pmin, adaptive=args.draft_adaptive)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -19,8 +19,8 @@ Prompt = Union[str, Sequence[int]]
 # single step and 8 nodes ~2.4x, so a CPU round verifies few nodes; depth stays high so that a
 # confident head (the model repeating itself) can still draft a long, narrow chain. On a GPU a
 # 60-node verification costs about one step: pass n_tree=60, n_top_k=10 (the paper's setting).
-CPU_TREE = dict(n_depth=8, n_top_k=4, n_tree=8, p_min=0.0)
-GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0)
+CPU_TREE = dict(n_depth=8, n_top_k=4, n_tree=8, p_min=0.0, adaptive=False)
+GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False)
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Engine:
     def __init__(self, target: str | Path | None = None, draft: str | Path | None = "default",
                  n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0, n_batch: int = 512,
                  n_depth: int | None = None, n_top_k: int | None = None, n_tree: int | None = None,
-                 p_min: float | None = None, flash_attn: int = -1, kv_f32: bool = False):
+                 p_min: float | None = None, adaptive: bool | None = None, flash_attn: int = -1,
+                 kv_f32: bool = False):
         if target is None:
             from . import models
             target = models.default_target()
@@ -55,7 +56,8 @@ class Engine:
                                       n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
                                       kv_f32=kv_f32)
         tree = dict(GPU_TREE if n_gpu_layers else CPU_TREE)
-        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree), ("p_min", p_min)):
+        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree), ("p_min", p_min),
+                     ("adaptive", adaptive)):
             if v is not None:
                 tree[k] = v
         self.tree = tree
@@ -80,10 +82,10 @@ class Engine:
     def generate(self, prompt: Prompt, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
                  draft: bool = True, n_depth: int | None = None, n_top_k: int | None = None,
-                 n_tree: int | None = None, p_min: float | None = None) -> Output:
+                 n_tree: int | None = None, p_min: float | None = None, adaptive: bool | None = None) -> Output:
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
-                               n_depth, n_top_k, n_tree, p_min):
+                               n_depth, n_top_k, n_tree, p_min, adaptive):
             if isinstance(piece, Output):
                 out = piece
         assert out is not None
@@ -108,24 +110,25 @@ class Engine:
     @staticmethod
     def _stream_kw(kw: dict) -> dict:
         names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft",
-                 "n_depth", "n_top_k", "n_tree", "p_min")
+                 "n_depth", "n_top_k", "n_tree", "p_min", "adaptive")
         unknown = set(kw) - set(names)
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
         defaults = dict(max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=(), stop_token_ids=(),
-                        draft=True, n_depth=None, n_top_k=None, n_tree=None, p_min=None)
+                        draft=True, n_depth=None, n_top_k=None, n_tree=None, p_min=None, adaptive=None)
         defaults.update(kw)
         return defaults
 
     def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, n_depth,
-             n_top_k, n_tree, p_min=None):
+             n_top_k, n_tree, p_min=None, adaptive=None):
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("empty prompt")
         if isinstance(stop, str):
             stop = [stop]
         tree = dict(self.tree)
-        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree), ("p_min", p_min)):
+        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree), ("p_min", p_min),
+                     ("adaptive", adaptive)):
             if v is not None:
                 tree[k] = v
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -151,7 +154,7 @@ class Engine:
                 state["result"] = self._core.generate(
                     ids, tree["n_depth"], tree["n_top_k"], tree["n_tree"], bool(draft), float(temperature),
                     float(top_p), int(top_k), int(seed), int(max_tokens), list(stop_token_ids), on_tokens,
-                    float(tree["p_min"]))
+                    float(tree["p_min"]), bool(tree["adaptive"]))
             except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
                 state["error"] = e
             finally:

@@ -180,3 +180,13 @@ def test_confidence_floor_is_validated(tiny_f32):
     eng = Engine(str(tiny_f32), draft=None, **EXACT)
     with pytest.raises(ValueError, match="p_min"):
         eng.generate("the", max_tokens=2, p_min=1.5)
+
+
+@pytest.mark.parametrize("noise", [0.0, 2.0])
+def test_cost_aware_tree_size_keeps_greedy_exact(tiny_f32, plain_outputs, noise):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    eng._core.set_draft_oracle(TargetOracle(str(tiny_f32), noise=noise))
+    for p in PROMPTS:
+        out = eng.generate(p, max_tokens=40, n_top_k=4, n_depth=8, n_tree=24, adaptive=True)
+        assert out.tokens == plain_outputs[p], f"prompt {p!r}"
+        assert out.stats.n_drafted <= 24 * out.stats.n_passes

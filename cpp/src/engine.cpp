@@ -158,8 +158,57 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
         }
         for (int32_t i = 0; i < n; ++i) add(frontier[i], head_->logits(i));
     }
-    out = tb.rerank(gp.n_tree, min_score);
+    int32_t m = gp.n_tree;
+    if (gp.adaptive && !verify_cost_.empty()) {
+        // the best m-node tree holds the m best-scoring candidates (a child never outscores its
+        // parent); exp(score) estimates a node's chance to be accepted (EAGLE-2's observation)
+        std::vector<float> sc;
+        for (const auto & c : tb.candidates()) if (c.score >= min_score) sc.push_back(c.score);
+        std::sort(sc.begin(), sc.end(), std::greater<float>());
+        const double t_draft = since(t0);
+        double expect = 1.0, best = expect / (t_draft + verify_cost(1));
+        m = 0;
+        for (int32_t i = 0; i < (int32_t) sc.size() && i < gp.n_tree; ++i) {
+            expect += std::exp((double) sc[i]);
+            const double rate = expect / (t_draft + verify_cost(i + 2));
+            if (rate > best) { best = rate; m = i + 1; }
+        }
+    }
+    out = tb.rerank(m, min_score);
+    st.n_drafted += out.size() - 1;
     st.t_draft += since(t0);
+}
+
+// One verify pass over n = 1, 2, 3, 4, 6, 8, ... tokens (a chain of `filler`), fastest of two,
+// on the current context; the tree is discarded, the committed state is untouched.
+void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
+    verify_cost_.clear();
+    for (int32_t n = 1; n <= n_max; n = n < 4 ? n + 1 : n + n / 2) {
+        std::vector<llama_token> tok(n, filler);
+        std::vector<int32_t> parent(n);
+        for (int32_t i = 0; i < n; ++i) parent[i] = i - 1;
+        double best = 1e30;
+        for (int rep = 0; rep < 2; ++rep) {
+            const auto t0 = clock_t_::now();
+            target_->verify(tok.data(), parent.data(), n);
+            best = std::min(best, since(t0));
+            target_->discard_tree();
+        }
+        verify_cost_.emplace_back(n, best);
+    }
+}
+
+double engine::verify_cost(int32_t n) const {
+    const auto & c = verify_cost_;
+    if (n <= c.front().first) return c.front().second;
+    for (size_t i = 1; i < c.size(); ++i) {
+        if (n <= c[i].first) {
+            const double f = (double) (n - c[i - 1].first) / (c[i].first - c[i - 1].first);
+            return c[i - 1].second + f * (c[i].second - c[i - 1].second);
+        }
+    }
+    const auto & a = c[c.size() - 2], & b = c.back();  // beyond the measured range: extrapolate linearly
+    return b.second + (double) (n - b.first) * (b.second - a.second) / (b.first - a.first);
 }
 
 gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_params & gp, const on_tokens & cb) {
@@ -230,6 +279,12 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
 
     if (gp.max_tokens == 0) { res.stop_reason = "max_tokens"; st.t_total = since(t_start); return res; }
     llama_token root = choose(target_->last_logits(), target_->n_vocab(), sp, rng, scratch);
+    if (drafting && gp.adaptive && verify_cost_.empty()) {  // once per engine; counted as prefill time
+        t0 = clock_t_::now();
+        const int32_t room = std::min(target_->n_batch(), target_->n_ctx() - target_->n_past());
+        if (room >= 2) measure_verify_cost(std::min(gp.n_tree + 1, room), root);
+        st.t_prefill += since(t0);
+    }
     bool go = emit(root);
     if (go && cb && !cb({root})) { res.stop_reason = "callback"; go = false; }
     draft_tree tree;

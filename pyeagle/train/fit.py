@@ -340,10 +340,11 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
             epoch = step // steps_per_epoch
             windows = pack(rows, np.random.default_rng(seed + 1 + epoch).permutation(train_seqs), seq)
             np.random.default_rng(seed + 1000 + epoch).shuffle(windows)
-            for i in range((step % steps_per_epoch) * batch, len(windows), batch):
+            # an epoch is steps_per_epoch steps whatever this order's packing gives (wrapping around)
+            for j in range(step % steps_per_epoch, steps_per_epoch):
                 if step >= stop_step or time.monotonic() >= t_end:
                     break
-                bt = make_batch(rows, windows[i:i + batch], seq)
+                bt = make_batch(rows, [windows[(j * batch + b) % len(windows)] for b in range(batch)], seq)
                 g = torch.Generator().manual_seed(seed * 1_000_003 + step)
                 noise = (torch.rand(bt["f"].shape, generator=g) * 2 - 1) * NOISE
                 y = head(emb[bt["tok"]], bt["f"] + noise, bt["pos"], bt["mask"])

@@ -36,6 +36,11 @@ struct gen_params {
     // verified (0: off). The tree then shrinks when the head is unsure and, within n_tree,
     // grows deep when it is sure: a node is worth its verify cost only if likely accepted.
     float    p_min       = 0.0f;
+    // cost-aware tree size: each round verifies the number of drafts m <= n_tree that maximises
+    // expected tokens per second, (1 + sum of the m best path probabilities) / (draft time +
+    // verify time of m + 1 tokens), with the verify cost curve measured once on this machine.
+    // m = 0 (a plain step) when no draft is likely enough to pay for its verification.
+    bool     adaptive    = false;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
     float    temperature = 0.0f;
@@ -51,6 +56,7 @@ struct gen_stats {
     int32_t n_tokens = 0;                   // generated
     int32_t n_passes = 0;                   // target passes after the prefill (rounds)
     std::vector<int32_t> accepted_hist;     // [k]: rounds that accepted k drafts
+    int64_t n_drafted = 0;                  // draft nodes verified, all rounds
     double t_prefill = 0, t_draft = 0, t_verify = 0, t_accept = 0, t_total = 0;  // seconds
     // tokens per target pass after the prefill (whose pass produced the first token)
     double tau() const { return n_passes ? (double) (n_tokens - 1) / n_passes : 0.0; }
@@ -86,6 +92,8 @@ public:
 private:
     void sync_head(int32_t root);
     void draft_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st);
+    void measure_verify_cost(int32_t n_max, int32_t filler);
+    double verify_cost(int32_t n) const;  // seconds of one verify of n tokens (interpolated)
 
     engine_params params_;
     std::unique_ptr<target> target_;
@@ -94,6 +102,7 @@ private:
     std::atomic<bool> cancel_{false};
     draft_oracle oracle_;
     bool broken_acceptance_ = false;
+    std::vector<std::pair<int32_t, double>> verify_cost_;  // (tokens, seconds), measured once
 };
 
 }  // namespace pyeagle
