@@ -15,11 +15,14 @@ log = logging.getLogger("pyeagle")
 
 Prompt = Union[str, Sequence[int]]
 
-# Tree defaults for this project's CPU (REFERENCE.md section 6): verifying 4 nodes costs ~1.5x a
-# single step and 8 nodes ~2.4x, so a CPU round verifies few nodes; depth stays high so that a
-# confident head (the model repeating itself) can still draft a long, narrow chain. On a GPU a
-# 60-node verification costs about one step: pass n_tree=60, n_top_k=10 (the paper's setting).
-CPU_TREE = dict(n_depth=8, n_top_k=4, n_tree=8, p_min=0.0, adaptive=False)
+# Tree defaults. On this project's CPU (2 cores; docs/BENCHMARKS.md, "Shipped head") a verify
+# pass is compute-bound: 3 tokens cost 2.2 single steps, 5 cost 2.9, 9 cost 4. With the shipped
+# head (tau 1.45-1.8) every tree measured was slower than plain decoding, the smallest the least
+# (2 drafts, top-k 2: 0.58x of plain), so that is the CPU default; depth stays 8 so that a
+# confident head can still chain. On a GPU a 60-node verification costs about one step: the
+# paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost curve
+# and the head's path probabilities (it needs a calibrated head: the shipped one is over-confident).
+CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False)
 GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False)
 
 
