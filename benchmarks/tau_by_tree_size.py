@@ -1,6 +1,6 @@
 """tau (tokens per target pass) of a head for several fixed tree sizes on MT-bench first turns.
 
-  python benchmarks/tau_by_tree_size.py [-md HEAD.gguf] [--sizes 4,8,16,32,60] [-n 256] [--limit N]
+  python benchmarks/tau_by_tree_size.py [-md HEAD.gguf] [--sizes 4,8,16,32,60] [-n 256] [--limit N] [--every K]
 
 Greedy, the default target; one line per tree size as soon as it is measured (tau does not
 depend on timing, so this can run beside other work; the tok/s column then does). Depth and
@@ -22,9 +22,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="4,8,16,32,60")
     ap.add_argument("-n", type=int, default=256)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--every", type=int, default=1, help="every k-th question (5: 16 across all categories)")
     ap.add_argument("-t", "--threads", type=int, default=0)
     args = ap.parse_args()
     questions = [json.loads(line) for line in open(models.cache_dir() / "mt_bench_question.jsonl")]
+    questions = questions[::args.every]
     if args.limit:
         questions = questions[:args.limit]
     eng = Engine(models.default_target(), draft=args.model_draft or models.default_head(), n_threads=args.threads)
