@@ -30,6 +30,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,7 +316,8 @@ def measure_memory(args: argparse.Namespace, model: str, head: str | None, promp
                     cmd += [flag, str(v)]
         if args.kv_f32:
             cmd.append("--kv-f32")
-        r = subprocess.run(cmd, input=prompt_text, capture_output=True, text=True)
+        # not from the current directory: in a source checkout `-m` would import the uncompiled tree
+        r = subprocess.run(cmd, input=prompt_text, capture_output=True, text=True, cwd=tempfile.gettempdir())
         if r.returncode != 0:
             out[mode] = None
             log.warning("memory probe (%s) failed: %s", mode, r.stderr.strip()[-400:])
