@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from . import models, peer
 from ._core import Stats, Target
-from .engine import Engine, Output
+from .engine import Engine, Output, add_tree_args, tree_argv, tree_kwargs
 from .template import ChatTemplate
 
 log = logging.getLogger("pyeagle.bench")
@@ -310,10 +310,7 @@ def measure_memory(args: argparse.Namespace, model: str, head: str | None, promp
                "-c", str(args.ctx_size), "-t", str(args.threads), "-fa", args.flash_attn, "--temp", str(args.temp)]
         if mode == "eagle":
             cmd += ["-md", head]
-            for flag, v in (("--draft-depth", args.draft_depth), ("--draft-topk", args.draft_topk),
-                            ("--draft-tree", args.draft_tree)):
-                if v is not None:
-                    cmd += [flag, str(v)]
+            cmd += tree_argv(args)
         if args.kv_f32:
             cmd.append("--kv-f32")
         # not from the current directory: in a source checkout `-m` would import the uncompiled tree
@@ -551,8 +548,7 @@ def verify_curve(model: str, n_threads: int, reps: int, sizes: list[int]) -> Non
 # --- the runs -----------------------------------------------------------------------------------
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    return dict(n_ctx=args.ctx_size, n_threads=args.threads, n_depth=args.draft_depth, n_top_k=args.draft_topk,
-                n_tree=args.draft_tree, p_min=args.draft_pmin, adaptive=args.draft_adaptive, flash_attn={"auto": -1, "off": 0, "on": 1}[args.flash_attn],
+    return dict(n_ctx=args.ctx_size, n_threads=args.threads, **tree_kwargs(args), flash_attn={"auto": -1, "off": 0, "on": 1}[args.flash_attn],
                 kv_f32=args.kv_f32)
 
 
@@ -782,12 +778,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--temp", type=float, default=0.0, help="temperature (default 0: greedy)")
     a("--seed", type=int, default=0)
     a("--chat-template", help="jinja template text or a file with it (default: the model's, else ChatML)")
-    a("--draft-depth", type=int, help="draft tree expansion steps (n_depth)")
-    a("--draft-topk", type=int, help="children per expanded draft node (n_top_k)")
-    a("--draft-tree", type=int, help="draft nodes verified per round (n_tree)")
-    a("--draft-pmin", type=float, help="verify only drafts whose path probability under the head is >= this (p_min)")
-    a("--draft-adaptive", action=argparse.BooleanOptionalAction, default=None,
-      help="cost-aware tree size per round, up to --draft-tree (default: the engine's)")
+    add_tree_args(ap)
     a("--json", metavar="OUT.json", help="write the results as JSON")
     a("--plot", metavar="OUT.png", help="plot speedup and tau per category (needs matplotlib)")
     a("--peer", action="store_true", help="also run llama.cpp's own speculative decoding (built once, minutes)")

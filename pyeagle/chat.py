@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ._core import ContextFullError
-from .engine import Engine, Output
+from .engine import Engine, Output, add_tree_args, tree_kwargs
 from .template import ChatTemplate, TemplateError
 
 log = logging.getLogger("pyeagle.chat")
@@ -172,12 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0: off)")
     a("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
     a("--seed", type=int, default=-1, help="sampling seed of the first reply, +1 per reply (default -1: random)")
-    a("--draft-depth", type=int, help="draft tree expansion steps (n_depth)")
-    a("--draft-topk", type=int, help="children per expanded draft node (n_top_k)")
-    a("--draft-tree", type=int, help="draft nodes verified per round (n_tree)")
-    a("--draft-pmin", type=float, help="verify only drafts whose path probability under the head is >= this (p_min)")
-    a("--draft-adaptive", action=argparse.BooleanOptionalAction, default=None,
-      help="cost-aware tree size per round, up to --draft-tree (default: the engine's)")
+    add_tree_args(ap)
     return ap.parse_args(argv)
 
 
@@ -207,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     draft = None if args.no_draft else (args.model_draft or "default")
     try:
         engine = Engine(args.model, draft, n_ctx=args.ctx_size, n_threads=args.threads,
-                        n_gpu_layers=args.n_gpu_layers, n_depth=args.draft_depth, n_top_k=args.draft_topk,
-                        n_tree=args.draft_tree, p_min=args.draft_pmin, adaptive=args.draft_adaptive)
+                        n_gpu_layers=args.n_gpu_layers, **tree_kwargs(args))
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

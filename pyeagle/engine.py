@@ -1,6 +1,7 @@
 """The Python API: Engine.generate / Engine.stream over the C++ round loop."""
 from __future__ import annotations
 
+import argparse
 import codecs
 import logging
 import queue
@@ -24,6 +25,38 @@ Prompt = Union[str, Sequence[int]]
 # and the head's path probabilities (it needs a calibrated head: the shipped one is over-confident).
 CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False)
 GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False)
+
+# The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
+TREE_FLAGS = (("--draft-depth", "n_depth", int, "draft tree expansion steps (n_depth)"),
+              ("--draft-topk", "n_top_k", int, "children per expanded draft node (n_top_k)"),
+              ("--draft-tree", "n_tree", int, "draft nodes verified per round (n_tree)"),
+              ("--draft-pmin", "p_min", float,
+               "verify only drafts whose path probability under the head is >= this (p_min)"))
+
+
+def add_tree_args(ap) -> None:
+    for flag, name, kind, doc in TREE_FLAGS:
+        ap.add_argument(flag, dest=name, type=kind, help=doc)
+    ap.add_argument("--draft-adaptive", dest="adaptive", action=argparse.BooleanOptionalAction, default=None,
+                    help="cost-aware tree size per round, up to --draft-tree (default: the engine's)")
+
+
+def tree_kwargs(args) -> dict:
+    """The tree options given on a command line (None: the engine's default)."""
+    return {name: getattr(args, name) for name in [f[1] for f in TREE_FLAGS] + ["adaptive"]}
+
+
+def tree_argv(args) -> list[str]:
+    """The tree options given on a command line, as flags again (for a child process)."""
+    out = [x for flag, name, _, _ in TREE_FLAGS if getattr(args, name) is not None for x in (flag, str(getattr(args, name)))]
+    if args.adaptive is not None:
+        out.append("--draft-adaptive" if args.adaptive else "--no-draft-adaptive")
+    return out
+
+
+def with_overrides(tree: dict, **kw) -> dict:
+    """tree with the options that are not None replaced."""
+    return {**tree, **{k: v for k, v in kw.items() if v is not None}}
 
 
 @dataclass
@@ -58,12 +91,8 @@ class Engine:
         self._core = _core.CoreEngine(self.target_path, self.draft_path or "", n_ctx=n_ctx, n_threads=n_threads,
                                       n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
                                       kv_f32=kv_f32)
-        tree = dict(GPU_TREE if n_gpu_layers else CPU_TREE)
-        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree), ("p_min", p_min),
-                     ("adaptive", adaptive)):
-            if v is not None:
-                tree[k] = v
-        self.tree = tree
+        self.tree = with_overrides(GPU_TREE if n_gpu_layers else CPU_TREE, n_depth=n_depth, n_top_k=n_top_k,
+                                   n_tree=n_tree, p_min=p_min, adaptive=adaptive)
         self._lock = threading.Lock()
 
     # --- facts --------------------------------------------------------------------------
@@ -129,11 +158,8 @@ class Engine:
             raise ValueError("empty prompt")
         if isinstance(stop, str):
             stop = [stop]
-        tree = dict(self.tree)
-        for k, v in (("n_depth", n_depth), ("n_top_k", n_top_k), ("n_tree", n_tree), ("p_min", p_min),
-                     ("adaptive", adaptive)):
-            if v is not None:
-                tree[k] = v
+        tree = with_overrides(self.tree, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
+                              adaptive=adaptive)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text_parts: list[str] = []
         pieces: queue.Queue = queue.Queue()
