@@ -80,11 +80,53 @@ def test_training_resumes_exactly(tiny_f32, tiny_data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_training_lowers_the_loss(tiny_f32, tiny_data, tmp_path):
-    kw = fit_kw(tiny_f32) | dict(epochs=8)
-    tfit.fit(tiny_data, tmp_path / "r", **kw)
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_training_lowers_the_loss(tiny_f32, tiny_data, tmp_path, unroll):
+    kw = fit_kw(tiny_f32) | dict(epochs=8, unroll=unroll)
+    res = tfit.fit(tiny_data, tmp_path / "r", **kw)
     log = torch.load(tmp_path / "r" / "state.pt", weights_only=False)["log"]
     assert log and log[-1]["feat"] < log[0]["feat"]
+    chain = res["val"]["chain"]
+    assert len(chain) == 4 and all(a >= b for a, b in zip(chain, chain[1:]))
+    assert res["val"]["tau_chain"] == pytest.approx(1 + sum(chain), abs=1e-3)
+
+
+def test_unroll_drafts_as_inference_does():
+    """Step s of EagleHead.unroll at row t equals drafting the chain from true row t-s one node
+    at a time: the true rows, then each draft fed back with the previous output as its feature."""
+    cfg = tfit.HeadConfig(hidden=32, n_head=4, n_head_kv=2, ff=48, eps=1e-5, rope_theta=10000.0, vocab=50,
+                          context_length=64)
+    torch.manual_seed(0)
+    head = tfit.EagleHead(cfg)
+    for prm in head.parameters():  # away from the identity start, so each step differs
+        prm.data += 0.1 * torch.randn_like(prm)
+    lens = [7, 5]
+    L = sum(lens)
+    seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lens)])
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    mask = ((seg[:, None] == seg[None, :]) & torch.tril(torch.ones(L, L, dtype=torch.bool)))[None]
+    e, f = torch.randn(1, L, 32), torch.randn(1, L, 32)
+    with torch.no_grad():
+        ys = head.unroll(e, f, pos, mask, 3)
+        torch.testing.assert_close(ys[0], head(e, f, pos, mask))
+        checked = 0
+        for s in (1, 2):
+            for t in range(L):
+                if pos[0, t] < s:
+                    continue
+                a = t - int(pos[0, t])  # the sequence's first row
+                idx = list(range(a, t - s + 1))
+                ee, ff = e[:, idx], f[:, idx]
+                for j in range(1, s + 1):
+                    n = ee.shape[1]
+                    out = head(ee, ff, pos[:, a:a + n], torch.tril(torch.ones(1, n, n, dtype=torch.bool)))
+                    ee = torch.cat([ee, e[:, t - s + j:t - s + j + 1]], dim=1)
+                    ff = torch.cat([ff, out[:, -1:]], dim=1)
+                n = ee.shape[1]
+                out = head(ee, ff, pos[:, a:a + n], torch.tril(torch.ones(1, n, n, dtype=torch.bool)))
+                torch.testing.assert_close(ys[s][0, t], out[0, -1], rtol=1e-4, atol=1e-5)
+                checked += 1
+        assert checked == (7 - 1) + (5 - 1) + (7 - 2) + (5 - 2)
 
 
 def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tmp_path):

@@ -2,6 +2,7 @@
 
   data    self-distillation: the target answers the built-in prompt set; features are recorded
   fit     trains the head on that data (PyTorch, CPU is enough for small targets); resumable
+  eval    held-out agreement of a trained head: top-1/top-4 and how long greedy chains stay right
   export  writes the head in the published EAGLE layout (config.json + model.safetensors) and
           converts it to GGUF with convert/eagle_to_gguf.py's code
 
@@ -42,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("-t", "--threads", type=int, default=0)
     f.add_argument("--minutes", type=float, default=0)
+    f.add_argument("--unroll", type=int, default=1,
+                   help="drafting steps in the loss (training-time test; 1: the plain EAGLE-1/2 loss)")
+    f.add_argument("--init", type=Path, help="start from this run's weights")
+
+    v = sub.add_parser("eval", help="held-out agreement of a trained head (top-1, chains of drafts)")
+    v.add_argument("--run", required=True, type=Path)
+    v.add_argument("--data", required=True, type=Path)
+    v.add_argument("-m", "--model", help="target GGUF")
+    v.add_argument("--depth", type=int, default=4)
+    v.add_argument("--all", action="store_true", help="every sequence of --data (data the run never saw)")
+    v.add_argument("-t", "--threads", type=int, default=0)
 
     e = sub.add_parser("export", help="export the trained head (EAGLE layout, then GGUF)")
     e.add_argument("--run", required=True, type=Path)
@@ -70,7 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "fit":
         from .fit import fit
         fit(args.data, args.out, model, draft_vocab=args.draft_vocab, epochs=args.epochs, lr=args.lr, seq=args.seq,
-            batch=args.batch, seed=args.seed, n_threads=args.threads, minutes=args.minutes)
+            batch=args.batch, seed=args.seed, n_threads=args.threads, minutes=args.minutes, unroll=args.unroll,
+            init=args.init)
+        return 0
+    if args.cmd == "eval":
+        import json
+
+        from .fit import evaluate_run
+        print(json.dumps(evaluate_run(args.run, args.data, model, depth=args.depth, n_threads=args.threads,
+                                      all_seqs=args.all)))
         return 0
     from .fit import export
     export(args.run, model, args.checkpoint_dir or args.run / "eagle", args.gguf or args.run / "head.gguf",

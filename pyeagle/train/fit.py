@@ -110,8 +110,7 @@ class EagleHead(nn.Module):
         self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).double() / d),
                              persistent=False)
 
-    def forward(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """e, f: [B, L, h]; pos: [B, L]; mask: [B, L, L] bool (True: may attend). -> y [B, L, h]."""
+    def _qkv(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor):
         cfg, (B, L, _) = self.cfg, e.shape
         d = cfg.head_dim
         z = self.fc(torch.cat([e, f], dim=-1))
@@ -123,11 +122,42 @@ class EagleHead(nn.Module):
         cos, sin = ang.cos().float()[:, None], ang.sin().float()[:, None]
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         g = cfg.n_head // cfg.n_head_kv
-        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        return z, q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+
+    def _attend(self, z, q, k, v, mask) -> torch.Tensor:
+        cfg, (B, L, _) = self.cfg, z.shape
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
-        a = z + self.o_proj(a.transpose(1, 2).reshape(B, L, cfg.n_head * d))
+        a = z + self.o_proj(a.transpose(1, 2).reshape(B, L, cfg.n_head * cfg.head_dim))
         n = rms_norm(a, self.post_attention_layernorm, cfg.eps)
         return a + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
+
+    def forward(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """e, f: [B, L, h]; pos: [B, L]; mask: [B, L, L] bool (True: may attend). -> y [B, L, h]."""
+        z, q, k, v = self._qkv(e, f, pos)
+        return self._attend(z, q, k, v, mask)
+
+    def unroll(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+               steps: int) -> list[torch.Tensor]:
+        """Drafting as at inference, for every row at once ("training-time test", as in HASS and
+        EAGLE-3). Step 0 is forward(). At step s, row t is the depth-(s+1) draft of the chain that
+        starts at the true row t-s: its input feature is step s-1's prediction at row t-1, and it
+        attends to the true rows up to t-s and to the chain's own rows of steps 1..s (rows
+        t-s+1..t). Tokens are the true ones: a chain only counts while its drafts are right.
+        Rows with position < s have no such chain (they attend to themselves only; mask them out
+        of any loss). Returns [y_0, ..., y_{steps-1}], each [B, L, h]."""
+        z, q, k, v = self._qkv(e, f, pos)
+        ys, ks, vs = [self._attend(z, q, k, v, mask)], [k], [v]
+        L = e.shape[1]
+        i = torch.arange(L)
+        for s in range(1, steps):
+            f_in = torch.cat([torch.zeros_like(ys[-1][:, :1]), ys[-1][:, :-1]], dim=1)
+            z, q, k, v = self._qkv(e, f_in, pos)
+            ks.append(k)
+            vs.append(v)
+            blocks = [mask & (i[None, :] <= i[:, None] - s)]
+            blocks += [mask & (i[None, :] == i[:, None] - (s - j)) for j in range(1, s + 1)]
+            ys.append(self._attend(z, q, torch.cat(ks, dim=2), torch.cat(vs, dim=2), torch.cat(blocks, dim=-1)))
+        return ys
 
     def eagle_state_dict(self) -> dict[str, torch.Tensor]:
         a, m = "layers.0.self_attn.", "layers.0.mlp."
@@ -232,6 +262,8 @@ class FitConfig:
     seq: int
     batch: int
     seed: int
+    unroll: int = 1
+    init: str = ""
     n_rows: int = 0
     n_val_seqs: int = 0
 
@@ -256,29 +288,50 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tensor, w_d: torch.Tensor,
-             map_full_to_draft: torch.Tensor) -> dict[str, float]:
-    """Top-1 agreement of the head with the target on held-out answer rows (and within top-4)."""
+             map_full_to_draft: torch.Tensor, depth: int = 4) -> dict[str, float]:
+    """Agreement of the head with the target on held-out answer rows: top-1 and top-4 of the first
+    draft, and chain[d], the fraction of rows from which a greedy chain of drafts is right for d
+    steps running (drafting on its own features, head.unroll). tau_chain = 1 + sum(chain) is what
+    a 1-wide tree of that depth would accept per target pass on this data."""
     head.eval()
-    hit1 = hit4 = n = 0.0
+    hit4 = n = 0.0
+    chain = np.zeros(depth)
     with torch.no_grad():
         for i in range(0, len(windows), 8):
             bt = make_batch(rows, windows[i:i + 8], seq_len)
-            y = head(emb[bt["tok"]], bt["f"], bt["pos"], bt["mask"])
+            ys = head.unroll(emb[bt["tok"]], bt["f"], bt["pos"], bt["mask"], depth)
             want = map_full_to_draft[bt["nexttok"]]
-            top = (y @ w_d.T).topk(4, dim=-1).indices
             m = bt["w"] > 0
-            hit1 += ((top[..., 0] == want) & m).sum().item()
+            top = (ys[0] @ w_d.T).topk(4, dim=-1).indices
             hit4 += ((top == want[..., None]).any(-1) & m).sum().item()
             n += m.sum().item()
+            run = m.clone()  # chains starting at each row, still right
+            for s, y in enumerate(ys):
+                ok = ((y @ w_d.T).argmax(-1) == want) & m
+                # row t0 + s, brought back to the chain's start t0
+                shifted = torch.cat([ok[:, s:], torch.zeros_like(ok[:, :s])], dim=1)
+                if s:
+                    same = torch.cat([bt["pos"][:, s:] == bt["pos"][:, :-s] + s,
+                                      torch.zeros_like(ok[:, :s])], dim=1)
+                    shifted &= same
+                run &= shifted
+                chain[s] += run.sum().item()
     head.train()
-    return {"top1": hit1 / max(n, 1), "top4": hit4 / max(n, 1), "rows": n}
+    chain /= max(n, 1)
+    return {"top1": float(chain[0]), "top4": hit4 / max(n, 1), "chain": [round(float(c), 4) for c in chain],
+            "tau_chain": float(1 + chain.sum()), "rows": n}
 
 
 def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: float = 4, lr: float = 3e-4,
         seq: int = 512, batch: int = 4, seed: int = 0, n_threads: int = 0, minutes: float = 0,
-        steps: int = 0, save_every_s: float = 300, progress: bool = True) -> dict:
+        steps: int = 0, save_every_s: float = 300, progress: bool = True, unroll: int = 1,
+        init: Path | None = None) -> dict:
     """Trains (or continues training) the head in `run`; stops at the end, after `minutes` or
-    after `steps` more steps (0: no limit). Returns a summary (with held-out accuracy at the end)."""
+    after `steps` more steps (0: no limit). Returns a summary (with held-out accuracy at the end).
+
+    unroll > 1 adds the training-time test: the loss is summed over drafting steps 0..unroll-1,
+    each step drafting on the previous step's predicted features (EagleHead.unroll). init starts
+    from another run's weights (e.g. a plain run, then a few unrolled epochs)."""
     if n_threads:
         torch.set_num_threads(n_threads)
     run.mkdir(parents=True, exist_ok=True)
@@ -290,7 +343,7 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     n_val = max(1, n_seqs // 50)
     val_seqs, train_seqs = np.sort(order[:n_val]), order[n_val:]
     fc = FitConfig(model=str(model), draft_vocab=draft_vocab, epochs=epochs, lr=lr, seq=seq, batch=batch, seed=seed,
-                   n_rows=int(rows.mask.sum()), n_val_seqs=int(n_val))
+                   unroll=unroll, init=str(init or ""), n_rows=int(rows.mask.sum()), n_val_seqs=int(n_val))
 
     vocab_file = run / "draft_vocab.npy"
     if vocab_file.exists():
@@ -307,6 +360,8 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     to_draft = torch.full((cfg.vocab,), -1, dtype=torch.long)
     to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
     head = EagleHead(cfg)
+    if init is not None:
+        head.load_state_dict(torch.load(Path(init) / "state.pt", weights_only=False)["head"])
     steps_per_epoch = math.ceil(len(pack(rows, train_seqs, seq)) / batch)
     total = max(1, int(steps_per_epoch * epochs))
     warm = min(200, total // 10 + 1)
@@ -347,15 +402,20 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
                 bt = make_batch(rows, [windows[(j * batch + b) % len(windows)] for b in range(batch)], seq)
                 g = torch.Generator().manual_seed(seed * 1_000_003 + step)
                 noise = (torch.rand(bt["f"].shape, generator=g) * 2 - 1) * NOISE
-                y = head(emb[bt["tok"]], bt["f"] + noise, bt["pos"], bt["mask"])
-                m = bt["w"]
-                n = m.sum().clamp(min=1)
-                l_feat = (F.smooth_l1_loss(y, bt["y"], reduction="none").mean(-1) * m).sum() / n
+                ys = head.unroll(emb[bt["tok"]], bt["f"] + noise, bt["pos"], bt["mask"], unroll)
                 with torch.no_grad():
                     p_t = torch.softmax(bt["y"] @ w_d.T, dim=-1)
-                logp = torch.log_softmax(y @ w_d.T, dim=-1)
-                l_tok = (-(p_t * logp).sum(-1) * m).sum() / n
-                loss = V_WEIGHT * l_feat + P_WEIGHT * l_tok
+                loss = 0.0
+                for k, y in enumerate(ys):
+                    m = bt["w"] * (bt["pos"] >= k)
+                    n = m.sum().clamp(min=1)
+                    l_feat = (F.smooth_l1_loss(y, bt["y"], reduction="none").mean(-1) * m).sum() / n
+                    logp = torch.log_softmax(y @ w_d.T, dim=-1)
+                    l_tok = (-(p_t * logp).sum(-1) * m).sum() / n
+                    loss = loss + V_WEIGHT * l_feat + P_WEIGHT * l_tok
+                    if k == 0:
+                        first = (l_feat, l_tok, logp, m, n)
+                l_feat, l_tok, logp, m, n = first
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(head.parameters(), 0.5)
@@ -382,6 +442,31 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
         (run / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
     return result
+
+
+def evaluate_run(run: Path, data_dir: Path, model: str, depth: int = 4, seq: int = 512, n_threads: int = 0,
+                 all_seqs: bool = False) -> dict:
+    """Held-out agreement (see evaluate) of the head in `run` on `data_dir`: the run's own
+    held-out split when data_dir is its data, or every sequence with all_seqs (data it never saw)."""
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    meta = json.loads((run / "config.json").read_text())
+    cfg = HeadConfig(**meta["head"])
+    head = EagleHead(cfg)
+    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
+    _, w_full, e_full = target_config_and_matrices(model)
+    rows = build_rows(load(data_dir))
+    n_seqs = len(rows.seq_start) - 1
+    if all_seqs:
+        seqs = np.arange(n_seqs)
+    else:
+        order = np.random.default_rng(meta["fit"]["seed"]).permutation(n_seqs)
+        seqs = np.sort(order[:max(1, n_seqs // 50)])
+    ids = np.load(run / "draft_vocab.npy")
+    to_draft = torch.full((cfg.vocab,), -1, dtype=torch.long)
+    to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
+    return evaluate(head, rows, pack(rows, seqs, seq), seq, torch.from_numpy(e_full), torch.from_numpy(w_full[ids]),
+                    to_draft, depth)
 
 
 def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype: str = "f16") -> Path:
