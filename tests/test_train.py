@@ -80,9 +80,9 @@ def test_training_resumes_exactly(tiny_f32, tiny_data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("unroll", [1, 3])
-def test_training_lowers_the_loss(tiny_f32, tiny_data, tmp_path, unroll):
-    kw = fit_kw(tiny_f32) | dict(epochs=8, unroll=unroll)
+@pytest.mark.parametrize("unroll,bf16", [(1, False), (3, True)])
+def test_training_lowers_the_loss(tiny_f32, tiny_data, tmp_path, unroll, bf16):
+    kw = fit_kw(tiny_f32) | dict(epochs=8, unroll=unroll, bf16=bf16)
     res = tfit.fit(tiny_data, tmp_path / "r", **kw)
     log = torch.load(tmp_path / "r" / "state.pt", weights_only=False)["log"]
     assert log and log[-1]["feat"] < log[0]["feat"]

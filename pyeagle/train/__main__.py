@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--unroll", type=int, default=1,
                    help="drafting steps in the loss (training-time test; 1: the plain EAGLE-1/2 loss)")
     f.add_argument("--init", type=Path, help="start from this run's weights")
+    f.add_argument("--bf16", action="store_true",
+                   help="bfloat16 matrix products (about 2x faster where the CPU has AVX512-BF16 or AMX)")
 
     v = sub.add_parser("eval", help="held-out agreement of a trained head (top-1, chains of drafts)")
     v.add_argument("--run", required=True, type=Path)
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from .fit import fit
         fit(args.data, args.out, model, draft_vocab=args.draft_vocab, epochs=args.epochs, lr=args.lr, seq=args.seq,
             batch=args.batch, seed=args.seed, n_threads=args.threads, minutes=args.minutes, unroll=args.unroll,
-            init=args.init)
+            init=args.init, bf16=args.bf16)
         return 0
     if args.cmd == "eval":
         import json
