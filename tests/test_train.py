@@ -165,3 +165,31 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tmp_path):
     np.testing.assert_allclose(d.y(), y_t, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(d.logits()[-1], logits_t[-1], rtol=1e-3, atol=1e-3)
     assert [d.to_target(i) for i in (0, len(ids) - 1)] == [int(ids[0]), int(ids[-1])]
+
+
+def test_calibrated_temperature_is_exported(tiny_f32, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    tfit.fit(tiny_data, run, **fit_kw(tiny_f32))
+    res = tfit.evaluate_run(run, tiny_data, str(tiny_f32), depth=3, seq=64, all_seqs=True, calibrate_too=True)
+    cal = json.loads((run / "calibration.json").read_text())
+    assert cal == res["calibration"] and cal["rows"] > 0
+    assert 0.5 <= cal["temperature"] <= 4.0 and cal["nll"] <= cal["nll_at_1"]
+    assert res["tau_chain"] == pytest.approx(1 + sum(res["chain"]), abs=1e-3)
+
+    (run / "calibration.json").write_text(json.dumps({"temperature": 2.0}))
+    ckpt, out = tmp_path / "eagle", tmp_path / "head.gguf"
+    tfit.export(run, str(tiny_f32), ckpt, out, outtype="f32")
+    meta = json.loads((run / "config.json").read_text())
+    head = tfit.EagleHead(tfit.HeadConfig(**meta["head"]))
+    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
+    ids = np.load(run / "draft_vocab.npy")
+    _, w, e = tfit.target_config_and_matrices(str(tiny_f32))
+    rng = np.random.default_rng(1)
+    toks, feats = rng.integers(5, 400, 6), rng.standard_normal((6, 64)).astype(np.float32)
+    with torch.no_grad():
+        y = head(torch.from_numpy(e[toks])[None], torch.from_numpy(feats)[None], torch.arange(6)[None],
+                 torch.tril(torch.ones(1, 6, 6, dtype=torch.bool)))[0].numpy()
+    tgt = Target(str(tiny_f32), n_ctx=256)
+    d = DraftHead(str(out), tgt, n_ctx=256, n_batch=64)
+    d.prefix([int(x) for x in toks], feats, 0)
+    np.testing.assert_allclose(d.logits()[-1], (y @ w[ids].T)[-1] / 2.0, rtol=1e-3, atol=1e-3)

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("-m", "--model", help="target GGUF")
     v.add_argument("--depth", type=int, default=4)
     v.add_argument("--all", action="store_true", help="every sequence of --data (data the run never saw)")
+    v.add_argument("--calibrate", action="store_true",
+                   help="also fit the head's logit temperature on this data; export applies it")
     v.add_argument("-t", "--threads", type=int, default=0)
 
     e = sub.add_parser("export", help="export the trained head (EAGLE layout, then GGUF)")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .fit import evaluate_run
         print(json.dumps(evaluate_run(args.run, args.data, model, depth=args.depth, n_threads=args.threads,
-                                      all_seqs=args.all)))
+                                      all_seqs=args.all, calibrate_too=args.calibrate)))
         return 0
     from .fit import export
     export(args.run, model, args.checkpoint_dir or args.run / "eagle", args.gguf or args.run / "head.gguf",

@@ -450,12 +450,47 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     return result
 
 
-def evaluate_run(run: Path, data_dir: Path, model: str, depth: int = 4, seq: int = 512, n_threads: int = 0,
-                 all_seqs: bool = False) -> dict:
-    """Held-out agreement (see evaluate) of the head in `run` on `data_dir`: the run's own
-    held-out split when data_dir is its data, or every sequence with all_seqs (data it never saw)."""
-    if n_threads:
-        torch.set_num_threads(n_threads)
+def calibrate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tensor, w_d: torch.Tensor,
+              map_full_to_draft: torch.Tensor, depth: int = 4) -> dict[str, float]:
+    """The logit temperature T that makes the head's probability of its draft an honest estimate
+    of "the target agrees": minimises the held-out negative log-likelihood of the target's token
+    under softmax(logits / T), over the rows of drafting steps 0..depth-1 whose chain is still
+    right (the situations in which a tree node's probability is used). The draft tree ranks
+    nodes by their path's summed log-probabilities, so an over-confident head picks poor trees."""
+    grid = np.exp(np.linspace(np.log(0.5), np.log(4.0), 43))
+    nll = np.zeros(len(grid))
+    n = 0
+    head.eval()
+    with torch.no_grad():
+        for i in range(0, len(windows), 8):
+            bt = make_batch(rows, windows[i:i + 8], seq_len)
+            ys = head.unroll(emb[bt["tok"]], bt["f"], bt["pos"], bt["mask"], depth)
+            want = map_full_to_draft[bt["nexttok"]]
+            m = (bt["w"] > 0) & (want >= 0)
+            run = m.clone()  # row t of step s: its chain (from row t - s) was right at steps < s
+            for s, y in enumerate(ys):
+                use = run & m & (bt["pos"] >= s)
+                logits = y[use] @ w_d.T
+                tgt = want[use]
+                for g, T in enumerate(grid):
+                    lp = torch.log_softmax(logits / T, dim=-1)
+                    nll[g] -= lp.gather(1, tgt[:, None]).sum().item()
+                n += int(use.sum())
+                ok = torch.zeros_like(m)
+                ok[use] = logits.argmax(-1) == tgt
+                # the chain continues at row t + 1 of step s + 1
+                run = torch.cat([torch.zeros_like(ok[:, :1]), ok[:, :-1]], dim=1)
+                run &= torch.cat([torch.zeros_like(m[:, :1]), bt["pos"][:, 1:] == bt["pos"][:, :-1] + 1], dim=1)
+    head.train()
+    g = int(np.argmin(nll))
+    one = int(np.argmin(np.abs(grid - 1.0)))
+    return {"temperature": float(grid[g]), "nll": float(nll[g] / max(n, 1)), "nll_at_1": float(nll[one] / max(n, 1)),
+            "rows": n}
+
+
+def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
+    """The head of `run` and packed windows of held-out data: the run's own held-out split when
+    data_dir is its data, or every sequence with all_seqs (data it never saw)."""
     meta = json.loads((run / "config.json").read_text())
     cfg = HeadConfig(**meta["head"])
     head = EagleHead(cfg)
@@ -471,8 +506,21 @@ def evaluate_run(run: Path, data_dir: Path, model: str, depth: int = 4, seq: int
     ids = np.load(run / "draft_vocab.npy")
     to_draft = torch.full((cfg.vocab,), -1, dtype=torch.long)
     to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
-    return evaluate(head, rows, pack(rows, seqs, seq), seq, torch.from_numpy(e_full), torch.from_numpy(w_full[ids]),
-                    to_draft, depth)
+    return head, rows, pack(rows, seqs, seq), torch.from_numpy(e_full), torch.from_numpy(w_full[ids]), to_draft
+
+
+def evaluate_run(run: Path, data_dir: Path, model: str, depth: int = 4, seq: int = 512, n_threads: int = 0,
+                 all_seqs: bool = False, calibrate_too: bool = False) -> dict:
+    """Held-out agreement (see evaluate) of the head in `run` on `data_dir`. With calibrate_too,
+    also the logit temperature (see calibrate), saved to RUN/calibration.json for export."""
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    head, rows, windows, emb, w_d, to_draft = _held_out(run, data_dir, model, seq, all_seqs)
+    out = evaluate(head, rows, windows, seq, emb, w_d, to_draft, depth)
+    if calibrate_too:
+        out["calibration"] = calibrate(head, rows, windows, seq, emb, w_d, to_draft, depth)
+        (run / "calibration.json").write_text(json.dumps(out["calibration"], indent=1))
+    return out
 
 
 def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype: str = "f16") -> Path:
@@ -487,9 +535,13 @@ def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype:
     head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
     tensors = {k: v.detach().float().numpy().copy() for k, v in head.eagle_state_dict().items()}
     ids = np.load(run / "draft_vocab.npy")
-    if len(ids) < cfg.vocab:
+    cal = run / "calibration.json"
+    temp = json.loads(cal.read_text())["temperature"] if cal.exists() else 1.0
+    if len(ids) < cfg.vocab or temp != 1.0:
+        # the draft LM head: the target's output rows of the draft vocabulary, divided by the
+        # calibrated temperature (argmax unchanged; the tree's probabilities become honest)
         _, w, _ = target_config_and_matrices(model)
-        tensors["lm_head.weight"] = np.ascontiguousarray(w[ids])
+        tensors["lm_head.weight"] = np.ascontiguousarray(w[ids] / np.float32(temp))
         tensors["d2t"] = (ids - np.arange(len(ids))).astype(np.int64)  # EAGLE-3's convention: offsets
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -502,5 +554,7 @@ def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype:
     (checkpoint_dir / "config.json").write_text(json.dumps(config, indent=2))
     save_file(tensors, str(checkpoint_dir / "model.safetensors"), metadata={"format": "pt"})
     convert(checkpoint_dir, model, gguf_out, outtype)
+    if temp != 1.0:
+        print(f"logits scaled by 1/{temp:.3f} (RUN/calibration.json)")
     print(f"wrote {checkpoint_dir}/ and {gguf_out} ({gguf_out.stat().st_size / 1e6:.1f} MB)")
     return gguf_out
