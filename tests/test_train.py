@@ -129,6 +129,15 @@ def test_unroll_drafts_as_inference_does():
         assert checked == (7 - 1) + (5 - 1) + (7 - 2) + (5 - 2)
 
 
+def trained_head(run, tiny_f32):
+    """The PyTorch head of a run, its draft vocabulary and the target's output / embedding matrices."""
+    meta = json.loads((run / "config.json").read_text())
+    head = tfit.EagleHead(tfit.HeadConfig(**meta["head"]))
+    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
+    _, w, e = tfit.target_config_and_matrices(str(tiny_f32))
+    return head, np.load(run / "draft_vocab.npy"), w, e
+
+
 def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tmp_path):
     run = tmp_path / "run"
     tfit.fit(tiny_data, run, **fit_kw(tiny_f32))
@@ -137,11 +146,7 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tmp_path):
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] == 1
 
-    meta = json.loads((run / "config.json").read_text())
-    head = tfit.EagleHead(tfit.HeadConfig(**meta["head"]))
-    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
-    ids = np.load(run / "draft_vocab.npy")
-    _, w, e = tfit.target_config_and_matrices(str(tiny_f32))
+    head, ids, w, e = trained_head(run, tiny_f32)
 
     rng = np.random.default_rng(0)
     n = 9
@@ -179,11 +184,7 @@ def test_calibrated_temperature_is_exported(tiny_f32, tiny_data, tmp_path):
     (run / "calibration.json").write_text(json.dumps({"temperature": 2.0}))
     ckpt, out = tmp_path / "eagle", tmp_path / "head.gguf"
     tfit.export(run, str(tiny_f32), ckpt, out, outtype="f32")
-    meta = json.loads((run / "config.json").read_text())
-    head = tfit.EagleHead(tfit.HeadConfig(**meta["head"]))
-    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
-    ids = np.load(run / "draft_vocab.npy")
-    _, w, e = tfit.target_config_and_matrices(str(tiny_f32))
+    head, ids, w, e = trained_head(run, tiny_f32)
     rng = np.random.default_rng(1)
     toks, feats = rng.integers(5, 400, 6), rng.standard_normal((6, 64)).astype(np.float32)
     with torch.no_grad():
