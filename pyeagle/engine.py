@@ -18,11 +18,11 @@ Prompt = Union[str, Sequence[int]]
 
 # Tree defaults. On this project's CPU (2 cores; docs/BENCHMARKS.md, "Shipped head") a verify
 # pass is compute-bound: 3 tokens cost 2.2 single steps, 5 cost 2.9, 9 cost 4. With the shipped
-# head (tau 1.45-1.8) every tree measured was slower than plain decoding, the smallest the least
-# (2 drafts, top-k 2: 0.58x of plain), so that is the CPU default; depth stays 8 so that a
-# confident head can still chain. On a GPU a 60-node verification costs about one step: the
-# paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost curve
-# and the head's path probabilities (it needs a calibrated head: the shipped one is over-confident).
+# head (MT-bench tau 1.54 at 2 drafts, 1.90 at 8) every tree measured was slower than plain
+# decoding, the smallest the least, so 2 drafts with top-k 2 is the CPU default; depth stays 8 so
+# that a confident head can still chain. On a GPU a 60-node verification costs about one step:
+# the paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost
+# curve and the head's path probabilities; with the shipped heads it measured slower than fixed trees.
 CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False)
 GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False)
 

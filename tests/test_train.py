@@ -131,11 +131,8 @@ def test_unroll_drafts_as_inference_does():
 
 def trained_head(run, tiny_f32):
     """The PyTorch head of a run, its draft vocabulary and the target's output / embedding matrices."""
-    meta = json.loads((run / "config.json").read_text())
-    head = tfit.EagleHead(tfit.HeadConfig(**meta["head"]))
-    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
     _, w, e = tfit.target_config_and_matrices(str(tiny_f32))
-    return head, np.load(run / "draft_vocab.npy"), w, e
+    return tfit.load_head(run), np.load(run / "draft_vocab.npy"), w, e
 
 
 def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tmp_path):

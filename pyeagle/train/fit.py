@@ -288,15 +288,24 @@ def _save_atomic(obj, path: Path) -> None:
         signal.signal(signal.SIGINT, old)
 
 
+TEMPERATURES = np.exp(np.linspace(np.log(0.5), np.log(4.0), 43))  # calibration grid (holds 1.0)
+
+
 def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tensor, w_d: torch.Tensor,
-             map_full_to_draft: torch.Tensor, depth: int = 4) -> dict[str, float]:
+             map_full_to_draft: torch.Tensor, depth: int = 4, calibrate: bool = False) -> dict:
     """Agreement of the head with the target on held-out answer rows: top-1 and top-4 of the first
-    draft, and chain[d], the fraction of rows from which a greedy chain of drafts is right for d
+    draft, and chain[d], the fraction of rows from which a greedy chain of drafts is right for d+1
     steps running (drafting on its own features, head.unroll). tau_chain = 1 + sum(chain) is what
-    a 1-wide tree of that depth would accept per target pass on this data."""
+    a 1-wide tree of that depth would accept per target pass on this data.
+
+    calibrate: also the logit temperature T that makes the head's probability of its draft an
+    honest estimate of "the target agrees": it minimises the negative log-likelihood of the
+    target's token under softmax(logits / T) over the rows where a tree would use it (steps
+    0..depth-1 whose chain is still right). The tree ranks nodes by summed log-probabilities."""
     head.eval()
-    hit4 = n = 0.0
+    hit4 = n = n_cal = 0.0
     chain = np.zeros(depth)
+    nll = np.zeros(len(TEMPERATURES))
     with torch.no_grad():
         for i in range(0, len(windows), 8):
             bt = make_batch(rows, windows[i:i + 8], seq_len)
@@ -306,21 +315,30 @@ def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tens
             top = (ys[0] @ w_d.T).topk(4, dim=-1).indices
             hit4 += ((top == want[..., None]).any(-1) & m).sum().item()
             n += m.sum().item()
-            run = m.clone()  # chains starting at each row, still right
+            # row t of step s is in use when its chain (from row t - s) was right at steps < s
+            use = m.clone()
+            next_row = torch.cat([torch.zeros_like(m[:, :1]), bt["pos"][:, 1:] == bt["pos"][:, :-1] + 1], dim=1)
             for s, y in enumerate(ys):
-                ok = ((y @ w_d.T).argmax(-1) == want) & m
-                # row t0 + s, brought back to the chain's start t0
-                shifted = torch.cat([ok[:, s:], torch.zeros_like(ok[:, :s])], dim=1)
-                if s:
-                    same = torch.cat([bt["pos"][:, s:] == bt["pos"][:, :-s] + s,
-                                      torch.zeros_like(ok[:, :s])], dim=1)
-                    shifted &= same
-                run &= shifted
-                chain[s] += run.sum().item()
+                logits = y[use] @ w_d.T
+                tgt = want[use]
+                if calibrate:
+                    for g, T in enumerate(TEMPERATURES):
+                        lp = torch.log_softmax(logits / T, dim=-1)
+                        nll[g] -= lp.gather(1, tgt.clamp(min=0)[:, None])[tgt >= 0].sum().item()
+                    n_cal += int((tgt >= 0).sum())
+                ok = torch.zeros_like(m)
+                ok[use] = logits.argmax(-1) == tgt
+                chain[s] += ok.sum().item()
+                use = torch.cat([torch.zeros_like(ok[:, :1]), ok[:, :-1]], dim=1) & next_row & m
     head.train()
     chain /= max(n, 1)
-    return {"top1": float(chain[0]), "top4": hit4 / max(n, 1), "chain": [round(float(c), 4) for c in chain],
-            "tau_chain": float(1 + chain.sum()), "rows": n}
+    out = {"top1": float(chain[0]), "top4": hit4 / max(n, 1), "chain": [round(float(c), 4) for c in chain],
+           "tau_chain": float(1 + chain.sum()), "rows": n}
+    if calibrate:
+        g, one = int(np.argmin(nll)), int(np.argmin(np.abs(TEMPERATURES - 1.0)))
+        out["calibration"] = {"temperature": float(TEMPERATURES[g]), "nll": float(nll[g] / max(n_cal, 1)),
+                              "nll_at_1": float(nll[one] / max(n_cal, 1)), "rows": int(n_cal)}
+    return out
 
 
 def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: float = 4, lr: float = 3e-4,
@@ -450,51 +468,18 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     return result
 
 
-def calibrate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tensor, w_d: torch.Tensor,
-              map_full_to_draft: torch.Tensor, depth: int = 4) -> dict[str, float]:
-    """The logit temperature T that makes the head's probability of its draft an honest estimate
-    of "the target agrees": minimises the held-out negative log-likelihood of the target's token
-    under softmax(logits / T), over the rows of drafting steps 0..depth-1 whose chain is still
-    right (the situations in which a tree node's probability is used). The draft tree ranks
-    nodes by their path's summed log-probabilities, so an over-confident head picks poor trees."""
-    grid = np.exp(np.linspace(np.log(0.5), np.log(4.0), 43))
-    nll = np.zeros(len(grid))
-    n = 0
-    head.eval()
-    with torch.no_grad():
-        for i in range(0, len(windows), 8):
-            bt = make_batch(rows, windows[i:i + 8], seq_len)
-            ys = head.unroll(emb[bt["tok"]], bt["f"], bt["pos"], bt["mask"], depth)
-            want = map_full_to_draft[bt["nexttok"]]
-            m = (bt["w"] > 0) & (want >= 0)
-            run = m.clone()  # row t of step s: its chain (from row t - s) was right at steps < s
-            for s, y in enumerate(ys):
-                use = run & m & (bt["pos"] >= s)
-                logits = y[use] @ w_d.T
-                tgt = want[use]
-                for g, T in enumerate(grid):
-                    lp = torch.log_softmax(logits / T, dim=-1)
-                    nll[g] -= lp.gather(1, tgt[:, None]).sum().item()
-                n += int(use.sum())
-                ok = torch.zeros_like(m)
-                ok[use] = logits.argmax(-1) == tgt
-                # the chain continues at row t + 1 of step s + 1
-                run = torch.cat([torch.zeros_like(ok[:, :1]), ok[:, :-1]], dim=1)
-                run &= torch.cat([torch.zeros_like(m[:, :1]), bt["pos"][:, 1:] == bt["pos"][:, :-1] + 1], dim=1)
-    head.train()
-    g = int(np.argmin(nll))
-    one = int(np.argmin(np.abs(grid - 1.0)))
-    return {"temperature": float(grid[g]), "nll": float(nll[g] / max(n, 1)), "nll_at_1": float(nll[one] / max(n, 1)),
-            "rows": n}
+def load_head(run: Path) -> EagleHead:
+    """The trained head of a run directory (RUN/config.json + RUN/state.pt)."""
+    head = EagleHead(HeadConfig(**json.loads((run / "config.json").read_text())["head"]))
+    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
+    return head
 
 
 def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
     """The head of `run` and packed windows of held-out data: the run's own held-out split when
     data_dir is its data, or every sequence with all_seqs (data it never saw)."""
     meta = json.loads((run / "config.json").read_text())
-    cfg = HeadConfig(**meta["head"])
-    head = EagleHead(cfg)
-    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
+    head = load_head(run)
     _, w_full, e_full = target_config_and_matrices(model)
     rows = build_rows(load(data_dir))
     n_seqs = len(rows.seq_start) - 1
@@ -504,7 +489,7 @@ def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
         order = np.random.default_rng(meta["fit"]["seed"]).permutation(n_seqs)
         seqs = np.sort(order[:max(1, n_seqs // 50)])
     ids = np.load(run / "draft_vocab.npy")
-    to_draft = torch.full((cfg.vocab,), -1, dtype=torch.long)
+    to_draft = torch.full((head.cfg.vocab,), -1, dtype=torch.long)
     to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
     return head, rows, pack(rows, seqs, seq), torch.from_numpy(e_full), torch.from_numpy(w_full[ids]), to_draft
 
@@ -512,13 +497,12 @@ def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
 def evaluate_run(run: Path, data_dir: Path, model: str, depth: int = 4, seq: int = 512, n_threads: int = 0,
                  all_seqs: bool = False, calibrate_too: bool = False) -> dict:
     """Held-out agreement (see evaluate) of the head in `run` on `data_dir`. With calibrate_too,
-    also the logit temperature (see calibrate), saved to RUN/calibration.json for export."""
+    also the logit temperature (see evaluate), saved to RUN/calibration.json for export."""
     if n_threads:
         torch.set_num_threads(n_threads)
     head, rows, windows, emb, w_d, to_draft = _held_out(run, data_dir, model, seq, all_seqs)
-    out = evaluate(head, rows, windows, seq, emb, w_d, to_draft, depth)
+    out = evaluate(head, rows, windows, seq, emb, w_d, to_draft, depth, calibrate=calibrate_too)
     if calibrate_too:
-        out["calibration"] = calibrate(head, rows, windows, seq, emb, w_d, to_draft, depth)
         (run / "calibration.json").write_text(json.dumps(out["calibration"], indent=1))
     return out
 
@@ -529,10 +513,8 @@ def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype:
 
     from ..convert import convert
 
-    meta = json.loads((run / "config.json").read_text())
-    cfg = HeadConfig(**meta["head"])
-    head = EagleHead(cfg)
-    head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
+    head = load_head(run)
+    cfg = head.cfg
     tensors = {k: v.detach().float().numpy().copy() for k, v in head.eagle_state_dict().items()}
     ids = np.load(run / "draft_vocab.npy")
     cal = run / "calibration.json"
