@@ -80,53 +80,85 @@ def test_training_resumes_exactly(tiny_f32, tiny_data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("unroll,bf16", [(1, False), (3, True)])
-def test_training_lowers_the_loss(tiny_f32, tiny_data, tmp_path, unroll, bf16):
-    kw = fit_kw(tiny_f32) | dict(epochs=8, unroll=unroll, bf16=bf16)
-    res = tfit.fit(tiny_data, tmp_path / "r", **kw)
+@pytest.mark.parametrize("unroll,bf16,eagle3", [(1, False, False), (3, True, False), (3, True, True)])
+def test_training_lowers_the_loss(tiny_f32, tiny_data, tiny_taps, tmp_path, unroll, bf16, eagle3):
+    kw = fit_kw(tiny_f32) | dict(epochs=8, unroll=unroll, bf16=bf16, eagle3=eagle3)
+    res = tfit.fit(tiny_taps if eagle3 else tiny_data, tmp_path / "r", **kw)
     log = torch.load(tmp_path / "r" / "state.pt", weights_only=False)["log"]
-    assert log and log[-1]["feat"] < log[0]["feat"]
+    key = "tok" if eagle3 else "feat"  # EAGLE-3 has the token loss only
+    assert log and log[-1][key] < log[0][key]
     chain = res["val"]["chain"]
     assert len(chain) == 4 and all(a >= b for a, b in zip(chain, chain[1:]))
     assert res["val"]["tau_chain"] == pytest.approx(1 + sum(chain), abs=1e-3)
 
 
-def test_unroll_drafts_as_inference_does():
-    """Step s of EagleHead.unroll at row t equals drafting the chain from true row t-s one node
-    at a time: the true rows, then each draft fed back with the previous output as its feature."""
+def small_head(eagle3: bool):
+    """A random small head away from its initialisation (so that each drafting step differs)."""
     cfg = tfit.HeadConfig(hidden=32, n_head=4, n_head_kv=2, ff=48, eps=1e-5, rope_theta=10000.0, vocab=50,
-                          context_length=64)
+                          context_length=64, taps=(0, 1, 1) if eagle3 else ())
     torch.manual_seed(0)
-    head = tfit.EagleHead(cfg)
-    for prm in head.parameters():  # away from the identity start, so each step differs
+    head = tfit.make_head(cfg)
+    for prm in head.parameters():
         prm.data += 0.1 * torch.randn_like(prm)
+    return head
+
+
+@pytest.mark.parametrize("eagle3", [False, True])
+def test_unroll_drafts_as_inference_does(eagle3):
+    """Step s of EagleHead.unroll at row t equals drafting the chain from true row t-s one node
+    at a time: the true rows (the target's features, EAGLE-3: taps), then each draft fed back
+    with the previous output as its input."""
+    head = small_head(eagle3)
     lens = [7, 5]
     L = sum(lens)
     seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lens)])
     pos = torch.cat([torch.arange(n) for n in lens])[None]
     mask = ((seg[:, None] == seg[None, :]) & torch.tril(torch.ones(L, L, dtype=torch.bool)))[None]
-    e, f = torch.randn(1, L, 32), torch.randn(1, L, 32)
+    e, x = torch.randn(1, L, 32), torch.randn(1, L, 96 if eagle3 else 32)
+
+    def draft(ee, x_true, fed, p):
+        """The head over true rows then chain rows (inputs fed back), causal: its last output."""
+        a, r = head._inputs(ee[:, :x_true.shape[1]], x_true, True)
+        if fed:
+            a2, r2 = head._inputs(ee[:, x_true.shape[1]:], torch.cat(fed, dim=1), False)
+            a, r = torch.cat([a, a2], dim=1), torch.cat([r, r2], dim=1)
+        n = a.shape[1]
+        return head._attend(r, *head._qkv(a, p[:, :n]), torch.tril(torch.ones(1, n, n, dtype=torch.bool)))[:, -1:]
+
     with torch.no_grad():
-        ys = head.unroll(e, f, pos, mask, 3)
-        torch.testing.assert_close(ys[0], head(e, f, pos, mask))
+        ys = head.unroll(e, x, pos, mask, 3)
+        torch.testing.assert_close(ys[0], head(e, x, pos, mask))
         checked = 0
         for s in (1, 2):
             for t in range(L):
                 if pos[0, t] < s:
                     continue
                 a = t - int(pos[0, t])  # the sequence's first row
-                idx = list(range(a, t - s + 1))
-                ee, ff = e[:, idx], f[:, idx]
+                x_true, fed = x[:, a:t - s + 1], []
                 for j in range(1, s + 1):
-                    n = ee.shape[1]
-                    out = head(ee, ff, pos[:, a:a + n], torch.tril(torch.ones(1, n, n, dtype=torch.bool)))
-                    ee = torch.cat([ee, e[:, t - s + j:t - s + j + 1]], dim=1)
-                    ff = torch.cat([ff, out[:, -1:]], dim=1)
-                n = ee.shape[1]
-                out = head(ee, ff, pos[:, a:a + n], torch.tril(torch.ones(1, n, n, dtype=torch.bool)))
+                    fed.append(draft(e[:, a:t - s + j], x_true, fed, pos[:, a:]))
+                out = draft(e[:, a:t + 1], x_true, fed, pos[:, a:])
                 torch.testing.assert_close(ys[s][0, t], out[0, -1], rtol=1e-4, atol=1e-5)
                 checked += 1
         assert checked == (7 - 1) + (5 - 1) + (7 - 2) + (5 - 2)
+
+
+def test_widening_the_ffn_keeps_the_function():
+    cfg = tfit.HeadConfig(hidden=32, n_head=4, n_head_kv=2, ff=48, eps=1e-5, rope_theta=10000.0, vocab=50,
+                          context_length=64)
+    torch.manual_seed(0)
+    narrow = tfit.EagleHead(cfg)
+    for prm in narrow.parameters():
+        prm.data += 0.1 * torch.randn_like(prm)
+    wide = tfit.EagleHead(tfit.replace(cfg, ff=80))
+    wide.load_state_dict(tfit.widen_ffn(narrow.state_dict(), 80))
+    assert wide.gate_proj.weight.shape == (80, 32) and wide.gate_proj.weight[48:].abs().sum() > 0
+    e, f = torch.randn(1, 6, 32), torch.randn(1, 6, 32)
+    pos, mask = torch.arange(6)[None], torch.tril(torch.ones(1, 6, 6, dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(wide(e, f, pos, mask), narrow(e, f, pos, mask))
+    with pytest.raises(ValueError, match="narrow"):
+        tfit.widen_ffn(wide.state_dict(), 48)
 
 
 def trained_head(run, tiny_f32):
@@ -135,26 +167,62 @@ def trained_head(run, tiny_f32):
     return tfit.load_head(run), np.load(run / "draft_vocab.npy"), w, e
 
 
-def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_taps(tiny_f32, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sd3")
+    assert tdata.add_taps(tiny_data, out, str(tiny_f32), layers=[0, 1, 1], progress=False) == 0
+    return out
+
+
+def test_taps_are_the_targets_layer_inputs(tiny_f32, tiny_data, tiny_taps):
+    src, c = np.load(sorted(tiny_data.glob("chunk-*.npz"))[2]), np.load(sorted(tiny_taps.glob("chunk-*.npz"))[2])
+    for k in ("tokens", "features", "offsets", "n_prompt"):
+        np.testing.assert_array_equal(c[k], src[k])
+    assert c["taps"].shape == (len(c["tokens"]), 3 * 64) and c["taps"].dtype == np.float16
+    t = Target(str(tiny_f32), n_ctx=512, tap_layers=[0, 1, 1])
+    t.features = True
+    a, b = int(c["offsets"][1]), int(c["offsets"][2])
+    t.prefill([int(x) for x in c["tokens"][a:b - 1]])
+    np.testing.assert_allclose(t.taps(), c["taps"][a:b - 1].astype(np.float32), atol=2e-2, rtol=2e-2)
+    assert json.loads((tiny_taps / "meta.json").read_text())["taps"] == [0, 1, 1]
+    # data without taps cannot train an EAGLE-3 head
+    with pytest.raises(SystemExit, match="taps"):
+        tfit.fit(tiny_data, tiny_taps.parent / "no-taps", eagle3=True, **fit_kw(tiny_f32))
+
+
+@pytest.mark.parametrize("kind", ["eagle", "wide", "eagle3"])
+def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps, tmp_path, kind):
+    """Also for a head whose FFN is wider than the target's (--ff, from a narrower --init run),
+    and for an EAGLE-3 head (taps in, midlayer/norm/lm_head out)."""
     run = tmp_path / "run"
-    tfit.fit(tiny_data, run, **fit_kw(tiny_f32))
+    if kind == "wide":
+        tfit.fit(tiny_data, tmp_path / "narrow", **fit_kw(tiny_f32))
+        tfit.fit(tiny_data, run, init=tmp_path / "narrow", ff=200, **fit_kw(tiny_f32))
+    elif kind == "eagle3":
+        res = tfit.fit(tiny_taps, run, eagle3=True, unroll=2, **fit_kw(tiny_f32))
+        assert res["val"]["top1"] >= 0
+    else:
+        tfit.fit(tiny_data, run, **fit_kw(tiny_f32))
     ckpt, out = tmp_path / "eagle", tmp_path / "head.gguf"
     tfit.export(run, str(tiny_f32), ckpt, out, outtype="f32")
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] == 1
+    assert cfg["intermediate_size"] == (200 if kind == "wide" else tfit.target_config_and_matrices(str(tiny_f32))[0].ff)
 
     head, ids, w, e = trained_head(run, tiny_f32)
+    assert isinstance(head, tfit.Eagle3Head) == (kind == "eagle3")
 
     rng = np.random.default_rng(0)
     n = 9
     toks = rng.integers(5, 400, n)
-    feats = rng.standard_normal((n, 64)).astype(np.float32)
+    feats = rng.standard_normal((n, 3 * 64 if kind == "eagle3" else 64)).astype(np.float32)
     pos = np.arange(n)
     mask = np.tril(np.ones((n, n), dtype=bool))
     with torch.no_grad():
         y_t = head(torch.from_numpy(e[toks])[None], torch.from_numpy(feats)[None], torch.from_numpy(pos)[None],
-                   torch.from_numpy(mask)[None])[0].numpy()
-    logits_t = y_t @ w[ids].T
+                   torch.from_numpy(mask)[None])[0]
+        logits_t = head.logits(y_t, torch.from_numpy(w[ids])).numpy()
+        y_t = y_t.numpy()
 
     y_ref, logits_ref = EagleRef(ckpt, tiny_f32).forward(toks, feats, pos, mask)
     np.testing.assert_allclose(y_t, y_ref, rtol=1e-4, atol=1e-4)
@@ -163,6 +231,8 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tmp_path):
     tgt = Target(str(tiny_f32), n_ctx=256)
     d = DraftHead(str(out), tgt, n_ctx=256, n_batch=64)
     assert d.n_draft_vocab == len(ids)
+    if kind == "eagle3":
+        assert list(d.tap_layers) == [0, 1, 1]
     d.prefix([int(x) for x in toks], feats, 0)
     np.testing.assert_allclose(d.y(), y_t, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(d.logits()[-1], logits_t[-1], rtol=1e-3, atol=1e-3)

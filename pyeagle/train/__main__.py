@@ -1,6 +1,7 @@
-"""python -m pyeagle.train {data,fit,export}: train an EAGLE-1/2 head for a GGUF target.
+"""python -m pyeagle.train {data,taps,fit,eval,export}: train an EAGLE head for a GGUF target.
 
   data    self-distillation: the target answers the built-in prompt set; features are recorded
+  taps    adds EAGLE-3 inputs (three target layers) to that data, one batched pass per sequence
   fit     trains the head on that data (PyTorch, CPU is enough for small targets); resumable
   eval    held-out agreement of a trained head: top-1/top-4 and how long greedy chains stay right
   export  writes the head in the published EAGLE layout (config.json + model.safetensors) and
@@ -31,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("-t", "--threads", type=int, default=1)
     d.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
 
+    tp = sub.add_parser("taps", help="add EAGLE-3 layer taps to self-distillation data")
+    tp.add_argument("--data", required=True, type=Path, help="data directory made by `data`")
+    tp.add_argument("--out", required=True, type=Path, help="new data directory (chunks with taps)")
+    tp.add_argument("-m", "--model", help="target GGUF the data was made with")
+    tp.add_argument("--layers", help="three layer ids, low,mid,high (default 2, n_layer/2, n_layer-3)")
+    tp.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th chunk from the i-th")
+    tp.add_argument("-t", "--threads", type=int, default=1)
+    tp.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
+
     f = sub.add_parser("fit", help="train the head")
     f.add_argument("--data", required=True, type=Path)
     f.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, log)")
@@ -48,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--init", type=Path, help="start from this run's weights")
     f.add_argument("--bf16", action="store_true",
                    help="bfloat16 matrix products (about 2x faster where the CPU has AVX512-BF16 or AMX)")
+    f.add_argument("--token-weight", type=float, default=0.1,
+                   help="weight of the token loss against the feature loss (1); EAGLE-1/2 use 0.1")
+    f.add_argument("--eagle3", action="store_true",
+                   help="train an EAGLE-3 head (the data needs taps: `python -m pyeagle.train taps`)")
+    f.add_argument("--ff", type=int, default=0,
+                   help="FFN width of the head (0: the target's); with --init from a narrower head it is widened")
 
     v = sub.add_parser("eval", help="held-out agreement of a trained head (top-1, chains of drafts)")
     v.add_argument("--run", required=True, type=Path)
@@ -76,6 +92,17 @@ def main(argv: list[str] | None = None) -> int:
                         max_new=args.max_new, shard=(i, n), n_threads=args.threads, minutes=args.minutes)
         print(f"shard {i}/{n}: {left} chunks left" if left else f"shard {i}/{n}: complete")
         return 0
+    if args.cmd == "taps":
+        from .. import models
+        from .data import add_taps
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        if layers is not None and len(layers) != 3:
+            ap.error("--layers takes three layer ids")
+        i, n = (int(x) for x in args.shard.split("/"))
+        left = add_taps(args.data, args.out, args.model or str(models.default_target()), layers,
+                        n_threads=args.threads, minutes=args.minutes, shard=(i, n))
+        print(f"{left} chunks left" if left else "complete")
+        return 0
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -87,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         from .fit import fit
         fit(args.data, args.out, model, draft_vocab=args.draft_vocab, epochs=args.epochs, lr=args.lr, seq=args.seq,
             batch=args.batch, seed=args.seed, n_threads=args.threads, minutes=args.minutes, unroll=args.unroll,
-            init=args.init, bf16=args.bf16)
+            init=args.init, bf16=args.bf16, token_weight=args.token_weight, ff=args.ff,
+            eagle3=args.eagle3)
         return 0
     if args.cmd == "eval":
         import json

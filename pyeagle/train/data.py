@@ -13,6 +13,8 @@ A chunk holds, for its sequences concatenated:
                             never fed: its row is zero and never used)
   offsets  int64 [S + 1]    sequence boundaries in T
   n_prompt int32 [S]        prompt length of each sequence
+  taps     float16 [T, 3h]  (optional, `add_taps`) the inputs of three target layers, low to high,
+                            for EAGLE-3 heads; from one batched pass over each finished sequence
 """
 from __future__ import annotations
 
@@ -50,12 +52,18 @@ def answer(t: Target, prompt_ids: list[int], max_new: int) -> tuple[list[int], n
     return out, feats
 
 
-def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk: int = 40, max_new: int = 256,
-             shard: tuple[int, int] = (0, 1), n_threads: int = 1, minutes: float = 0.0, progress: bool = True) -> int:
-    """Writes the missing chunks of this shard; returns how many chunks are still missing."""
-    out.mkdir(parents=True, exist_ok=True)
-    prompts = build_prompts(n_prompts, seed)
-    meta = dict(model=os.path.basename(model), n_prompts=n_prompts, seed=seed, chunk=chunk, max_new=max_new)
+def write_chunk(path: Path, **arrays: np.ndarray) -> None:
+    """A chunk appears whole or not at all; Ctrl-C while saving leaves no partial file."""
+    part = path.with_suffix(".part.npz")
+    old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        np.savez(part, **arrays)
+        part.replace(path)
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+
+
+def _check_meta(out: Path, meta: dict) -> None:
     meta_file = out / "meta.json"
     if meta_file.exists():
         old = json.loads(meta_file.read_text())
@@ -63,6 +71,15 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
             raise SystemExit(f"{out} holds data made with {old}; this run asks for {meta}. Use another directory.")
     else:
         meta_file.write_text(json.dumps(meta, indent=1))
+
+
+def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk: int = 40, max_new: int = 256,
+             shard: tuple[int, int] = (0, 1), n_threads: int = 1, minutes: float = 0.0, progress: bool = True) -> int:
+    """Writes the missing chunks of this shard; returns how many chunks are still missing."""
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = build_prompts(n_prompts, seed)
+    _check_meta(out, dict(model=os.path.basename(model), n_prompts=n_prompts, seed=seed, chunk=chunk,
+                          max_new=max_new))
     t = Target(model, n_ctx=2048, n_threads=n_threads, n_batch=512)
     t.features = True
     tmpl = ChatTemplate.from_target(t)
@@ -92,19 +109,49 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(tokens=n_new)
-        # a chunk appears whole or not at all; Ctrl-C while saving leaves no partial file
-        part = chunk_path(out, c).with_suffix(".part.npz")
-        old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            np.savez(part, tokens=np.concatenate(tokens), features=np.concatenate(feats),
-                     offsets=np.asarray(offsets, np.int64), n_prompt=np.asarray(n_prompt, np.int32))
-            part.replace(chunk_path(out, c))
-        finally:
-            signal.signal(signal.SIGINT, old_handler)
+        write_chunk(chunk_path(out, c), tokens=np.concatenate(tokens), features=np.concatenate(feats),
+                    offsets=np.asarray(offsets, np.int64), n_prompt=np.asarray(n_prompt, np.int32))
         done += 1
     if bar is not None:
         bar.close()
     return len(mine) - done
+
+
+def default_taps(n_layer: int) -> list[int]:
+    """EAGLE-3's tapped layers (their inputs): low, middle, high."""
+    return [2, n_layer // 2, n_layer - 3]
+
+
+def add_taps(src: Path, out: Path, model: str, layers: list[int] | None = None, n_threads: int = 1,
+             minutes: float = 0.0, shard: tuple[int, int] = (0, 1), progress: bool = True) -> int:
+    """Copies the chunks of `src` to `out` with EAGLE-3 taps added: each finished sequence goes
+    through the target in one batched pass (prompt + answer), recording the inputs of `layers`.
+    Resumable per chunk like `generate`; returns how many chunks are still missing."""
+    out.mkdir(parents=True, exist_ok=True)
+    layers = layers or default_taps(Target(model, n_ctx=64).n_layer)
+    t = Target(model, n_ctx=2048, n_threads=n_threads, n_batch=512, tap_layers=layers)
+    src_meta = json.loads((Path(src) / "meta.json").read_text()) if (Path(src) / "meta.json").exists() else {}
+    _check_meta(out, {**src_meta, "taps": list(layers)})
+    t.features = True
+    files = sorted(Path(src).glob("chunk-[0-9][0-9][0-9][0-9][0-9].npz"))
+    todo = [f for i, f in enumerate(files) if i % shard[1] == shard[0] and not (out / f.name).exists()]
+    t_end = time.monotonic() + minutes * 60 if minutes > 0 else float("inf")
+    from tqdm import tqdm
+    done = 0
+    for f in tqdm(todo, unit="chunk", disable=not progress):
+        if time.monotonic() > t_end:
+            break
+        c = dict(np.load(f))
+        taps = np.zeros((len(c["tokens"]), 3 * t.n_embd), np.float16)
+        off = c["offsets"]
+        for s in range(len(off) - 1):
+            a, b = int(off[s]), int(off[s + 1])
+            t.truncate(0)
+            t.prefill([int(x) for x in c["tokens"][a:b - 1]])  # the last token was never fed
+            taps[a:b - 1] = t.taps()
+        write_chunk(out / f.name, **c, taps=taps)
+        done += 1
+    return len(todo) - done
 
 
 def load(directory: Path) -> list[dict[str, np.ndarray]]:

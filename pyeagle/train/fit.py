@@ -22,7 +22,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -46,6 +46,7 @@ class HeadConfig:
     rope_theta: float
     vocab: int
     context_length: int
+    taps: tuple[int, ...] = ()  # EAGLE-3: the target layers whose inputs feed fc; empty for EAGLE-1/2
 
     @property
     def head_dim(self) -> int:
@@ -75,6 +76,12 @@ def target_config_and_matrices(model: str) -> tuple[HeadConfig, np.ndarray, np.n
     return cfg, w, e
 
 
+def target_output_norm(model: str) -> np.ndarray:
+    """The target's final norm weight (output_norm.weight), float32."""
+    t = {t.name: t for t in gguf.GGUFReader(model).tensors}["output_norm.weight"]
+    return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
@@ -86,15 +93,25 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 class EagleHead(nn.Module):
     """EAGLE-1/2 head with the official parameter names (fc, layers.0.*)."""
+    input_key = "f"  # the batch field step 0 reads: the target's feature
 
     def __init__(self, cfg: HeadConfig):
         super().__init__()
-        h, d = cfg.hidden, cfg.head_dim
+        h = cfg.hidden
         self.cfg = cfg
         self.fc = nn.Linear(2 * h, h, bias=True)
-        self.q_proj = nn.Linear(h, cfg.n_head * d, bias=False)
-        self.k_proj = nn.Linear(h, cfg.n_head_kv * d, bias=False)
-        self.v_proj = nn.Linear(h, cfg.n_head_kv * d, bias=False)
+        self._layer(cfg, h)
+        # start as "the next feature is the current one": fc passes the feature half through
+        with torch.no_grad():
+            self.fc.weight.normal_(std=0.02)
+            self.fc.weight[:, h:] += torch.eye(h)
+            self.fc.bias.zero_()
+
+    def _layer(self, cfg: HeadConfig, attn_in: int) -> None:
+        h, d = cfg.hidden, cfg.head_dim
+        self.q_proj = nn.Linear(attn_in, cfg.n_head * d, bias=False)
+        self.k_proj = nn.Linear(attn_in, cfg.n_head_kv * d, bias=False)
+        self.v_proj = nn.Linear(attn_in, cfg.n_head_kv * d, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * d, h, bias=False)
         self.post_attention_layernorm = nn.Parameter(torch.ones(h))
         self.gate_proj = nn.Linear(h, cfg.ff, bias=False)
@@ -102,71 +119,116 @@ class EagleHead(nn.Module):
         self.down_proj = nn.Linear(cfg.ff, h, bias=False)
         for m in (self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj):
             nn.init.normal_(m.weight, std=0.02)
-        # start as "the next feature is the current one": fc passes the feature half through
-        with torch.no_grad():
-            self.fc.weight.normal_(std=0.02)
-            self.fc.weight[:, h:] += torch.eye(h)
-            self.fc.bias.zero_()
         self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).double() / d),
                              persistent=False)
 
-    def _qkv(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor):
-        cfg, (B, L, _) = self.cfg, e.shape
+    def _inputs(self, e: torch.Tensor, x: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention input, residual) of a row from its token embedding e and its input x (a
+        feature, the target's at step 0 and the head's own output after)."""
+        z = self.fc(torch.cat([e, x], dim=-1))
+        return z, z
+
+    def logits(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return y @ w.T
+
+    def _qkv(self, a: torch.Tensor, pos: torch.Tensor):
+        cfg, (B, L, _) = self.cfg, a.shape
         d = cfg.head_dim
-        z = self.fc(torch.cat([e, f], dim=-1))
-        q = self.q_proj(z).view(B, L, cfg.n_head, d).transpose(1, 2)
-        k = self.k_proj(z).view(B, L, cfg.n_head_kv, d).transpose(1, 2)
-        v = self.v_proj(z).view(B, L, cfg.n_head_kv, d).transpose(1, 2)
+        q = self.q_proj(a).view(B, L, cfg.n_head, d).transpose(1, 2)
+        k = self.k_proj(a).view(B, L, cfg.n_head_kv, d).transpose(1, 2)
+        v = self.v_proj(a).view(B, L, cfg.n_head_kv, d).transpose(1, 2)
         ang = pos.double()[..., None] * self.inv_freq
         ang = torch.cat([ang, ang], dim=-1)
         cos, sin = ang.cos().float()[:, None], ang.sin().float()[:, None]
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         g = cfg.n_head // cfg.n_head_kv
-        return z, q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        return q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
 
-    def _attend(self, z, q, k, v, mask) -> torch.Tensor:
-        cfg, (B, L, _) = self.cfg, z.shape
+    def _attend(self, r, q, k, v, mask) -> torch.Tensor:
+        cfg, (B, L, _) = self.cfg, r.shape
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
-        a = z + self.o_proj(a.transpose(1, 2).reshape(B, L, cfg.n_head * cfg.head_dim))
+        a = r + self.o_proj(a.transpose(1, 2).reshape(B, L, cfg.n_head * cfg.head_dim))
         n = rms_norm(a, self.post_attention_layernorm, cfg.eps)
         return a + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
 
-    def forward(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """e, f: [B, L, h]; pos: [B, L]; mask: [B, L, L] bool (True: may attend). -> y [B, L, h]."""
-        z, q, k, v = self._qkv(e, f, pos)
-        return self._attend(z, q, k, v, mask)
+    def forward(self, e: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """e: [B, L, h]; x: [B, L, h] features (EAGLE-3: [B, L, 3h] taps); pos: [B, L];
+        mask: [B, L, L] bool (True: may attend). -> y [B, L, h]."""
+        a, r = self._inputs(e, x, True)
+        return self._attend(r, *self._qkv(a, pos), mask)
 
-    def unroll(self, e: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+    def unroll(self, e: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
                steps: int) -> list[torch.Tensor]:
         """Drafting as at inference, for every row at once ("training-time test", as in HASS and
         EAGLE-3). Step 0 is forward(). At step s, row t is the depth-(s+1) draft of the chain that
-        starts at the true row t-s: its input feature is step s-1's prediction at row t-1, and it
-        attends to the true rows up to t-s and to the chain's own rows of steps 1..s (rows
-        t-s+1..t). Tokens are the true ones: a chain only counts while its drafts are right.
-        Rows with position < s have no such chain (they attend to themselves only; mask them out
-        of any loss). Returns [y_0, ..., y_{steps-1}], each [B, L, h]."""
-        z, q, k, v = self._qkv(e, f, pos)
-        ys, ks, vs = [self._attend(z, q, k, v, mask)], [k], [v]
+        starts at the true row t-s: its input is step s-1's output at row t-1, and it attends to
+        the true rows up to t-s and to the chain's own rows of steps 1..s (rows t-s+1..t). Tokens
+        are the true ones: a chain only counts while its drafts are right. Rows with position < s
+        have no such chain (they attend to themselves only; mask them out of any loss).
+        Returns [y_0, ..., y_{steps-1}], each [B, L, h]."""
+        a, r = self._inputs(e, x, True)
+        q, k, v = self._qkv(a, pos)
+        ys, ks, vs = [self._attend(r, q, k, v, mask)], [k], [v]
         L = e.shape[1]
         i = torch.arange(L)
         for s in range(1, steps):
-            f_in = torch.cat([torch.zeros_like(ys[-1][:, :1]), ys[-1][:, :-1]], dim=1)
-            z, q, k, v = self._qkv(e, f_in, pos)
+            a, r = self._inputs(e, torch.cat([torch.zeros_like(ys[-1][:, :1]), ys[-1][:, :-1]], dim=1), False)
+            q, k, v = self._qkv(a, pos)
             ks.append(k)
             vs.append(v)
             blocks = [mask & (i[None, :] <= i[:, None] - s)]
             blocks += [mask & (i[None, :] == i[:, None] - (s - j)) for j in range(1, s + 1)]
-            ys.append(self._attend(z, q, torch.cat(ks, dim=2), torch.cat(vs, dim=2), torch.cat(blocks, dim=-1)))
+            ys.append(self._attend(r, q, torch.cat(ks, dim=2), torch.cat(vs, dim=2), torch.cat(blocks, dim=-1)))
         return ys
 
-    def eagle_state_dict(self) -> dict[str, torch.Tensor]:
-        a, m = "layers.0.self_attn.", "layers.0.mlp."
-        return {"fc.weight": self.fc.weight, "fc.bias": self.fc.bias,
-                a + "q_proj.weight": self.q_proj.weight, a + "k_proj.weight": self.k_proj.weight,
+    def _layer_state(self, p: str) -> dict[str, torch.Tensor]:
+        a, m = p + "self_attn.", p + "mlp."
+        return {a + "q_proj.weight": self.q_proj.weight, a + "k_proj.weight": self.k_proj.weight,
                 a + "v_proj.weight": self.v_proj.weight, a + "o_proj.weight": self.o_proj.weight,
-                "layers.0.post_attention_layernorm.weight": self.post_attention_layernorm,
+                p + "post_attention_layernorm.weight": self.post_attention_layernorm,
                 m + "gate_proj.weight": self.gate_proj.weight, m + "up_proj.weight": self.up_proj.weight,
                 m + "down_proj.weight": self.down_proj.weight}
+
+    def eagle_state_dict(self) -> dict[str, torch.Tensor]:
+        return {"fc.weight": self.fc.weight, "fc.bias": self.fc.bias, **self._layer_state("layers.0.")}
+
+
+class Eagle3Head(EagleHead):
+    """EAGLE-3 head with the official parameter names (fc, midlayer.*, norm). Step 0 reads the
+    target's taps through fc (3h -> h, no bias); later steps read the head's own pre-norm output
+    directly. The layer attends over concat(input_layernorm(embedding), hidden_norm(g)) with g as
+    the residual; logits = lm_head(norm(y)), lm_head being the target's output rows (frozen)."""
+    input_key = "x"
+
+    def __init__(self, cfg: HeadConfig, out_norm: torch.Tensor | None = None):
+        nn.Module.__init__(self)
+        h = cfg.hidden
+        self.cfg = cfg
+        self.fc = nn.Linear(3 * h, h, bias=False)
+        nn.init.normal_(self.fc.weight, std=0.02)
+        self._layer(cfg, 2 * h)
+        self.input_layernorm = nn.Parameter(torch.ones(h))
+        self.hidden_norm = nn.Parameter(torch.ones(h))
+        # the target's final norm: logits start on the target's scale
+        self.norm = nn.Parameter(out_norm.clone().float() if out_norm is not None else torch.ones(h))
+
+    def _inputs(self, e, x, first):
+        g = self.fc(x) if first else x
+        return torch.cat([rms_norm(e, self.input_layernorm, self.cfg.eps),
+                          rms_norm(g, self.hidden_norm, self.cfg.eps)], dim=-1), g
+
+    def logits(self, y, w):
+        return rms_norm(y, self.norm, self.cfg.eps) @ w.T
+
+    def eagle_state_dict(self) -> dict[str, torch.Tensor]:
+        return {"fc.weight": self.fc.weight, "midlayer.input_layernorm.weight": self.input_layernorm,
+                "midlayer.hidden_norm.weight": self.hidden_norm, **self._layer_state("midlayer."),
+                "norm.weight": self.norm}
+
+
+def make_head(cfg: HeadConfig, out_norm: torch.Tensor | None = None) -> EagleHead:
+    """EAGLE-3 when the config names tapped layers, else EAGLE-1/2."""
+    return Eagle3Head(cfg, out_norm) if cfg.taps else EagleHead(cfg)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -181,10 +243,12 @@ class Rows:
     nexttok: np.ndarray   # [R] int64: token t+2 (the token this row's draft should be)
     mask: np.ndarray      # [R] bool: row predicts an answer token
     seq_start: np.ndarray  # [S + 1] row offsets
+    taps: np.ndarray | None = None  # [R + S, 3h] float16: EAGLE-3 inputs of token t, indexed as feat
 
 
 def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
-    feats, tok, pos, tgt, nxt, msk, starts = [], [], [], [], [], [], [0]
+    feats, taps, tok, pos, tgt, nxt, msk, starts = [], [], [], [], [], [], [], [0]
+    with_taps = all("taps" in c for c in chunks)
     f_off = 0
     for c in chunks:
         off, npr = c["offsets"], c["n_prompt"]
@@ -196,6 +260,8 @@ def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
             toks = c["tokens"][a:b].astype(np.int64)
             r = np.arange(n - 2)
             feats.append(c["features"][a:b - 1])       # features 0..n-2
+            if with_taps:
+                taps.append(c["taps"][a:b - 1])
             tok.append(toks[1:n - 1])
             pos.append(r)
             tgt.append(f_off + r + 1)
@@ -204,7 +270,8 @@ def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
             f_off += n - 1
             starts.append(starts[-1] + n - 2)
     return Rows(np.concatenate(feats), np.concatenate(tok), np.concatenate(pos), np.concatenate(tgt),
-                np.concatenate(nxt), np.concatenate(msk), np.asarray(starts, np.int64))
+                np.concatenate(nxt), np.concatenate(msk), np.asarray(starts, np.int64),
+                np.concatenate(taps) if with_taps else None)
 
 
 def pack(rows: Rows, seqs: np.ndarray, seq_len: int) -> list[list[tuple[int, int]]]:
@@ -244,12 +311,15 @@ def make_batch(rows: Rows, windows: list[list[tuple[int, int]]], seq_len: int):
     causal = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool))
     mask = (segt[:, :, None] == segt[:, None, :]) & causal
     mask |= torch.eye(seq_len, dtype=torch.bool)  # padding rows attend themselves (no NaN)
-    return dict(
+    out = dict(
         f=torch.from_numpy(rows.feat[row_to_feat(rows, r)].astype(np.float32)),
         y=torch.from_numpy(rows.feat[rows.tgt[r]].astype(np.float32)),
         tok=torch.from_numpy(rows.tok[r]), pos=torch.from_numpy(rows.pos[r]),
         nexttok=torch.from_numpy(rows.nexttok[r]),
         w=torch.from_numpy(valid & rows.mask[r]).float(), mask=mask)
+    if rows.taps is not None:
+        out["x"] = torch.from_numpy(rows.taps[row_to_feat(rows, r)].astype(np.float32))
+    return out
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -265,6 +335,9 @@ class FitConfig:
     unroll: int = 1
     init: str = ""
     bf16: bool = False
+    token_weight: float = P_WEIGHT
+    ff: int = 0
+    eagle3: bool = False
     n_rows: int = 0
     n_val_seqs: int = 0
 
@@ -309,17 +382,17 @@ def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tens
     with torch.no_grad():
         for i in range(0, len(windows), 8):
             bt = make_batch(rows, windows[i:i + 8], seq_len)
-            ys = head.unroll(emb[bt["tok"]], bt["f"], bt["pos"], bt["mask"], depth)
+            ys = head.unroll(emb[bt["tok"]], bt[head.input_key], bt["pos"], bt["mask"], depth)
             want = map_full_to_draft[bt["nexttok"]]
             m = bt["w"] > 0
-            top = (ys[0] @ w_d.T).topk(4, dim=-1).indices
+            top = head.logits(ys[0], w_d).topk(4, dim=-1).indices
             hit4 += ((top == want[..., None]).any(-1) & m).sum().item()
             n += m.sum().item()
             # row t of step s is in use when its chain (from row t - s) was right at steps < s
             use = m.clone()
             next_row = torch.cat([torch.zeros_like(m[:, :1]), bt["pos"][:, 1:] == bt["pos"][:, :-1] + 1], dim=1)
             for s, y in enumerate(ys):
-                logits = y[use] @ w_d.T
+                logits = head.logits(y[use], w_d)
                 tgt = want[use]
                 if calibrate:
                     for g, T in enumerate(TEMPERATURES):
@@ -344,7 +417,8 @@ def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tens
 def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: float = 4, lr: float = 3e-4,
         seq: int = 512, batch: int = 4, seed: int = 0, n_threads: int = 0, minutes: float = 0,
         steps: int = 0, save_every_s: float = 300, progress: bool = True, unroll: int = 1,
-        init: Path | None = None, bf16: bool = False) -> dict:
+        init: Path | None = None, bf16: bool = False, token_weight: float = P_WEIGHT, ff: int = 0,
+        eagle3: bool = False) -> dict:
     """Trains (or continues training) the head in `run`; stops at the end, after `minutes` or
     after `steps` more steps (0: no limit). Returns a summary (with held-out accuracy at the end).
 
@@ -352,19 +426,32 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     each step drafting on the previous step's predicted features (EagleHead.unroll). init starts
     from another run's weights (e.g. a plain run, then a few unrolled epochs). bf16 runs the
     matrix products in bfloat16 (torch autocast; weights, optimizer and losses stay float32):
-    about 2x faster on CPUs with AVX512-BF16 or AMX, slow on others."""
+    about 2x faster on CPUs with AVX512-BF16 or AMX, slow on others. token_weight is the weight of
+    the token loss against the feature loss (1). ff > 0 sets the head's FFN width (default: the
+    target's); with init from a narrower head, widen_ffn keeps its function.
+
+    eagle3 trains an EAGLE-3 head instead (Eagle3Head): the data must have taps (`add_taps`);
+    the loss is the token loss alone, as in EAGLE-3 (its output is not the target's feature)."""
     if n_threads:
         torch.set_num_threads(n_threads)
     run.mkdir(parents=True, exist_ok=True)
     cfg, w_full, e_full = target_config_and_matrices(model)
+    if ff:
+        cfg = replace(cfg, ff=ff)
     rows = build_rows(load(data_dir))
+    if eagle3:
+        meta_file = Path(data_dir) / "meta.json"
+        layers = json.loads(meta_file.read_text()).get("taps") if meta_file.exists() else None
+        if rows.taps is None or not layers:
+            raise SystemExit(f"{data_dir} has no EAGLE-3 taps: run `python -m pyeagle.train taps` on it first")
+        cfg = replace(cfg, taps=tuple(layers))
     n_seqs = len(rows.seq_start) - 1
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_seqs)
     n_val = max(1, n_seqs // 50)
     val_seqs, train_seqs = np.sort(order[:n_val]), order[n_val:]
     fc = FitConfig(model=str(model), draft_vocab=draft_vocab, epochs=epochs, lr=lr, seq=seq, batch=batch, seed=seed,
-                   unroll=unroll, init=str(init or ""), bf16=bf16, n_rows=int(rows.mask.sum()), n_val_seqs=int(n_val))
+                   unroll=unroll, init=str(init or ""), bf16=bf16, token_weight=token_weight, ff=ff, eagle3=eagle3, n_rows=int(rows.mask.sum()), n_val_seqs=int(n_val))
 
     vocab_file = run / "draft_vocab.npy"
     if vocab_file.exists():
@@ -380,9 +467,9 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     w_d = torch.from_numpy(w_full[ids])                    # frozen draft LM head
     to_draft = torch.full((cfg.vocab,), -1, dtype=torch.long)
     to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
-    head = EagleHead(cfg)
+    head = make_head(cfg, torch.from_numpy(target_output_norm(model)) if eagle3 else None)
     if init is not None:
-        head.load_state_dict(torch.load(Path(init) / "state.pt", weights_only=False)["head"])
+        head.load_state_dict(widen_ffn(torch.load(Path(init) / "state.pt", weights_only=False)["head"], cfg.ff))
     steps_per_epoch = math.ceil(len(pack(rows, train_seqs, seq)) / batch)
     total = max(1, int(steps_per_epoch * epochs))
     warm = min(200, total // 10 + 1)
@@ -422,10 +509,12 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
                     break
                 bt = make_batch(rows, [windows[(j * batch + b) % len(windows)] for b in range(batch)], seq)
                 g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-                noise = (torch.rand(bt["f"].shape, generator=g) * 2 - 1) * NOISE
+                x = bt[head.input_key]
+                if not eagle3:  # EAGLE-1/2: noise on the input features
+                    x = x + (torch.rand(x.shape, generator=g) * 2 - 1) * NOISE
                 sel = bt["w"] > 0  # the loss rows (answer tokens); the vocabulary projection only there
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    ys = head.unroll(emb[bt["tok"]], bt["f"] + noise, bt["pos"], bt["mask"], unroll)
+                    ys = head.unroll(emb[bt["tok"]], x, bt["pos"], bt["mask"], unroll)
                     y_true = bt["y"][sel]
                     with torch.no_grad():
                         p_t = torch.softmax((y_true @ w_d.T).float(), dim=-1)
@@ -433,10 +522,14 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
                     for k, y in enumerate(ys):
                         m = (bt["pos"][sel] >= k).float()
                         n = m.sum().clamp(min=1)
-                        l_feat = (F.smooth_l1_loss(y[sel].float(), y_true, reduction="none").mean(-1) * m).sum() / n
-                        logp = torch.log_softmax((y[sel] @ w_d.T).float(), dim=-1)
+                        logp = torch.log_softmax(head.logits(y[sel], w_d).float(), dim=-1)
                         l_tok = (-(p_t * logp).sum(-1) * m).sum() / n
-                        loss = loss + V_WEIGHT * l_feat + P_WEIGHT * l_tok
+                        if eagle3:
+                            l_feat = torch.zeros(())
+                            loss = loss + l_tok
+                        else:
+                            l_feat = (F.smooth_l1_loss(y[sel].float(), y_true, reduction="none").mean(-1) * m).sum() / n
+                            loss = loss + V_WEIGHT * l_feat + token_weight * l_tok
                         if k == 0:
                             first = (l_feat, l_tok, logp, m, n)
                 l_feat, l_tok, logp, m, n = first
@@ -468,9 +561,28 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     return result
 
 
+def widen_ffn(state: dict[str, torch.Tensor], ff: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A head's state with its FFN widened to `ff` units and the same function: the new units'
+    gate/up rows are initialised as usual (std 0.02), their down-projection columns are zero."""
+    old = state["gate_proj.weight"].shape[0]
+    if ff <= old:
+        if ff < old:
+            raise ValueError(f"cannot narrow the FFN from {old} to {ff}")
+        return state
+    g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for k in ("gate_proj.weight", "up_proj.weight"):
+        w = state[k]
+        out[k] = torch.cat([w, torch.randn(ff - old, w.shape[1], generator=g, dtype=w.dtype) * 0.02])
+    w = state["down_proj.weight"]
+    out["down_proj.weight"] = torch.cat([w, torch.zeros(w.shape[0], ff - old, dtype=w.dtype)], dim=1)
+    return out
+
+
 def load_head(run: Path) -> EagleHead:
     """The trained head of a run directory (RUN/config.json + RUN/state.pt)."""
-    head = EagleHead(HeadConfig(**json.loads((run / "config.json").read_text())["head"]))
+    cfg = json.loads((run / "config.json").read_text())["head"]
+    head = make_head(HeadConfig(**{**cfg, "taps": tuple(cfg.get("taps", ()))}))
     head.load_state_dict(torch.load(run / "state.pt", weights_only=False)["head"])
     return head
 
@@ -519,19 +631,23 @@ def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype:
     ids = np.load(run / "draft_vocab.npy")
     cal = run / "calibration.json"
     temp = json.loads(cal.read_text())["temperature"] if cal.exists() else 1.0
-    if len(ids) < cfg.vocab or temp != 1.0:
+    if len(ids) < cfg.vocab or temp != 1.0 or cfg.taps:
         # the draft LM head: the target's output rows of the draft vocabulary, divided by the
         # calibrated temperature (argmax unchanged; the tree's probabilities become honest)
         _, w, _ = target_config_and_matrices(model)
         tensors["lm_head.weight"] = np.ascontiguousarray(w[ids] / np.float32(temp))
         tensors["d2t"] = (ids - np.arange(len(ids))).astype(np.int64)  # EAGLE-3's convention: offsets
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "architectures": ["LlamaForCausalLMEagle3" if cfg.taps else "LlamaForCausalLM"], "model_type": "llama",
+        "hidden_act": "silu",
         "hidden_size": cfg.hidden, "intermediate_size": cfg.ff, "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head_kv, "num_hidden_layers": 1, "rms_norm_eps": cfg.eps,
         "rope_theta": cfg.rope_theta, "rope_scaling": None, "max_position_embeddings": cfg.context_length,
         "vocab_size": cfg.vocab, "bias": True, "torch_dtype": "float32",
     }
+    if cfg.taps:  # EAGLE-3's own keys
+        config.update(bias=False, draft_vocab_size=len(ids), target_hidden_size=cfg.hidden,
+                      eagle_aux_hidden_state_layer_ids=list(cfg.taps))
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (checkpoint_dir / "config.json").write_text(json.dumps(config, indent=2))
     save_file(tensors, str(checkpoint_dir / "model.safetensors"), metadata={"format": "pt"})
