@@ -1,4 +1,4 @@
-"""Training an EAGLE-1/2 head (REFERENCE.md section 4) and exporting it.
+"""Training an EAGLE-1/2 or EAGLE-3 head (REFERENCE.md section 4) and exporting it.
 
 The head: fc(concat(embed(token t+1), feature t)) -> one Llama decoder layer without input norm
 -> y, the predicted feature t+1; logits = W y with W the target's (frozen) output matrix, or the
@@ -6,6 +6,8 @@ rows of W for a frequency-ranked draft vocabulary. Loss per row: SmoothL1(y, fea
 0.1 * soft cross-entropy(target distribution from feature t+1, head distribution from y), on rows
 that predict answer tokens; uniform noise U(-0.1, 0.1) on the input features; AdamW (0.9, 0.95),
 gradient clip 0.5, linear warm-up then cosine decay. Embedding and output matrix are frozen.
+The EAGLE-3 head (Eagle3Head) reads three target layers' inputs (taps) through fc instead, and
+is trained on the token loss alone.
 
 Sequences are packed into windows of `seq` rows with a block-diagonal causal mask (RoPE
 positions restart at each sequence, as at inference). State (weights, optimizer, step, RNG) is
