@@ -18,7 +18,7 @@ Prompt = Union[str, Sequence[int]]
 
 # Tree defaults. On this project's CPU (2 cores; docs/BENCHMARKS.md, "Shipped head") a verify
 # pass is compute-bound: 3 tokens cost 2.2 single steps, 5 cost 2.9, 9 cost 4. With the shipped
-# head (MT-bench tau 1.54 at 2 drafts, 1.90 at 8) every tree measured was slower than plain
+# head (MT-bench tau 1.56 at 2 drafts, 1.94 at 8) every tree measured was slower than plain
 # decoding, the smallest the least, so 2 drafts with top-k 2 is the CPU default; depth stays 8 so
 # that a confident head can still chain. On a GPU a 60-node verification costs about one step:
 # the paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost
