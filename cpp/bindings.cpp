@@ -3,6 +3,7 @@
 #include "common.h"
 #include "draft_head.h"
 #include "target.h"
+#include "tree.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -62,6 +63,12 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("set_log_level", [](int level) { set_log_level((log_level) level); }, py::arg("level"),
           "1 debug, 2 info, 3 warn, 4 error (default), 5 none: what llama.cpp/ggml/pyeagle print to stderr");
+    m.def("prompt_lookup", [](const std::vector<llama_token> & context, int32_t n_max, int32_t n_len) {
+              const lookup_draft d = prompt_lookup(context, n_max, n_len);
+              return py::make_tuple(d.tokens, d.n_match);
+          }, py::arg("context"), py::arg("n_max"), py::arg("n_len"),
+          "(tokens, n_match): what followed the most recent earlier occurrence of the longest suffix of n_max..1 "
+          "tokens, up to n_len tokens (the engine's prompt-lookup drafts)");
     m.def("check_gguf_file", &check_gguf_file, py::arg("path"), py::call_guard<py::gil_scoped_release>());
 
     py::class_<target>(m, "Target")
@@ -176,6 +183,8 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("n_passes", &gen_stats::n_passes, "target passes after the prefill (rounds)")
         .def_readonly("accepted_hist", &gen_stats::accepted_hist, "[k]: rounds that accepted k drafts")
         .def_readonly("n_drafted", &gen_stats::n_drafted, "draft nodes verified, all rounds")
+        .def_readonly("n_lookup_drafted", &gen_stats::n_lookup_drafted, "of which only prompt lookup proposed")
+        .def_readonly("n_lookup_accepted", &gen_stats::n_lookup_accepted, "of those, accepted")
         .def_readonly("t_prefill", &gen_stats::t_prefill)
         .def_readonly("t_draft", &gen_stats::t_draft)
         .def_readonly("t_verify", &gen_stats::t_verify)
@@ -204,8 +213,9 @@ PYBIND11_MODULE(_core, m) {
         .def("generate", [](engine & e, const std::vector<int32_t> & prompt, int32_t n_depth, int32_t n_top_k,
                             int32_t n_tree, bool draft, float temperature, float top_p, int32_t top_k, uint64_t seed,
                             int32_t max_tokens, std::vector<int32_t> stop_tokens, py::object callback, float p_min,
-                            bool adaptive) {
+                            bool adaptive, int32_t n_lookup) {
                  gen_params gp;
+                 gp.n_lookup = n_lookup;
                  gp.p_min = p_min;
                  gp.adaptive = adaptive;
                  gp.n_depth = n_depth; gp.n_top_k = n_top_k; gp.n_tree = n_tree; gp.draft = draft;
@@ -234,7 +244,7 @@ PYBIND11_MODULE(_core, m) {
              }, py::arg("prompt"), py::arg("n_depth"), py::arg("n_top_k"), py::arg("n_tree"), py::arg("draft"),
              py::arg("temperature"), py::arg("top_p"), py::arg("top_k"), py::arg("seed"), py::arg("max_tokens"),
              py::arg("stop_tokens"), py::arg("callback"), py::arg("p_min") = 0.0f,
-             py::arg("adaptive") = false)
+             py::arg("adaptive") = false, py::arg("n_lookup") = 0)
         .def("cancel", &engine::cancel)
         .def("reset", &engine::reset, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("target", [](engine & e) -> target & { return e.tgt(); }, py::return_value_policy::reference_internal)

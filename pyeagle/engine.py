@@ -23,15 +23,18 @@ Prompt = Union[str, Sequence[int]]
 # that a confident head can still chain. On a GPU a 60-node verification costs about one step:
 # the paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost
 # curve and the head's path probabilities; with the shipped heads it measured slower than fixed trees.
-CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False)
-GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False)
+CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False, n_lookup=16)
+GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False, n_lookup=16)
 
 # The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
 TREE_FLAGS = (("--draft-depth", "n_depth", int, "draft tree expansion steps (n_depth)"),
               ("--draft-topk", "n_top_k", int, "children per expanded draft node (n_top_k)"),
               ("--draft-tree", "n_tree", int, "draft nodes verified per round (n_tree)"),
               ("--draft-pmin", "p_min", float,
-               "verify only drafts whose path probability under the head is >= this (p_min)"))
+               "verify only drafts whose path probability under the head is >= this (p_min)"),
+              ("--draft-lookup", "n_lookup", int,
+               "up to this many prompt-lookup tokens (copied from where the last 1-4 tokens occurred before) "
+               "compete for the tree's places; 0: head drafts only (n_lookup)"))
 
 
 def add_tree_args(ap) -> None:
@@ -78,7 +81,7 @@ class Engine:
                  n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0, n_batch: int = 512,
                  n_depth: int | None = None, n_top_k: int | None = None, n_tree: int | None = None,
                  p_min: float | None = None, adaptive: bool | None = None, flash_attn: int = -1,
-                 kv_f32: bool = False):
+                 kv_f32: bool = False, n_lookup: int | None = None):
         if target is None:
             from . import models
             target = models.default_target()
@@ -92,7 +95,7 @@ class Engine:
                                       n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
                                       kv_f32=kv_f32)
         self.tree = with_overrides(GPU_TREE if n_gpu_layers else CPU_TREE, n_depth=n_depth, n_top_k=n_top_k,
-                                   n_tree=n_tree, p_min=p_min, adaptive=adaptive)
+                                   n_tree=n_tree, p_min=p_min, adaptive=adaptive, n_lookup=n_lookup)
         self._lock = threading.Lock()
 
     # --- facts --------------------------------------------------------------------------
@@ -114,10 +117,11 @@ class Engine:
     def generate(self, prompt: Prompt, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
                  draft: bool = True, n_depth: int | None = None, n_top_k: int | None = None,
-                 n_tree: int | None = None, p_min: float | None = None, adaptive: bool | None = None) -> Output:
+                 n_tree: int | None = None, p_min: float | None = None, adaptive: bool | None = None,
+                 n_lookup: int | None = None) -> Output:
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
-                               n_depth, n_top_k, n_tree, p_min, adaptive):
+                               n_depth, n_top_k, n_tree, p_min, adaptive, n_lookup):
             if isinstance(piece, Output):
                 out = piece
         assert out is not None
@@ -142,24 +146,25 @@ class Engine:
     @staticmethod
     def _stream_kw(kw: dict) -> dict:
         names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft",
-                 "n_depth", "n_top_k", "n_tree", "p_min", "adaptive")
+                 "n_depth", "n_top_k", "n_tree", "p_min", "adaptive", "n_lookup")
         unknown = set(kw) - set(names)
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
         defaults = dict(max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=(), stop_token_ids=(),
-                        draft=True, n_depth=None, n_top_k=None, n_tree=None, p_min=None, adaptive=None)
+                        draft=True, n_depth=None, n_top_k=None, n_tree=None, p_min=None, adaptive=None,
+                        n_lookup=None)
         defaults.update(kw)
         return defaults
 
     def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, n_depth,
-             n_top_k, n_tree, p_min=None, adaptive=None):
+             n_top_k, n_tree, p_min=None, adaptive=None, n_lookup=None):
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("empty prompt")
         if isinstance(stop, str):
             stop = [stop]
         tree = with_overrides(self.tree, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
-                              adaptive=adaptive)
+                              adaptive=adaptive, n_lookup=n_lookup)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text_parts: list[str] = []
         pieces: queue.Queue = queue.Queue()
@@ -183,7 +188,7 @@ class Engine:
                 state["result"] = self._core.generate(
                     ids, tree["n_depth"], tree["n_top_k"], tree["n_tree"], bool(draft), float(temperature),
                     float(top_p), int(top_k), int(seed), int(max_tokens), list(stop_token_ids), on_tokens,
-                    float(tree["p_min"]), bool(tree["adaptive"]))
+                    float(tree["p_min"]), bool(tree["adaptive"]), int(tree["n_lookup"]))
             except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
                 state["error"] = e
             finally:

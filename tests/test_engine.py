@@ -161,6 +161,45 @@ def test_greedy_equals_plain_with_random_head(tiny_f32, plain_outputs, random_he
         assert out.stats.n_passes >= 1 and out.stats.t_draft > 0
 
 
+REPEAT = "one two three, one two three, one two three, one two"
+
+
+@pytest.mark.parametrize("kind", ["eagle12", "eagle3"])
+@pytest.mark.parametrize("n_top_k,n_depth,n_tree", [(1, 1, 1), (2, 4, 8), (8, 6, 60)])
+def test_prompt_lookup_keeps_greedy_exact_and_copies_repeats(tiny_f32, plain_outputs, random_heads, kind, n_top_k,
+                                                             n_depth, n_tree):
+    eng = Engine(str(tiny_f32), draft=str(random_heads[kind]), **EXACT)
+    ref = {**plain_outputs, REPEAT: eng.generate(REPEAT, max_tokens=40, draft=False).tokens}
+    accepted = 0
+    for p in [*PROMPTS, REPEAT]:
+        off = eng.generate(p, max_tokens=40, n_top_k=n_top_k, n_depth=n_depth, n_tree=n_tree, n_lookup=0)
+        on = eng.generate(p, max_tokens=40, n_top_k=n_top_k, n_depth=n_depth, n_tree=n_tree, n_lookup=16)
+        assert off.tokens == ref[p] and on.tokens == ref[p], f"prompt {p!r}"
+        assert off.stats.n_lookup_drafted == 0
+        assert on.stats.n_drafted <= n_tree * on.stats.n_passes  # lookup drafts share the tree's places
+        assert on.stats.n_lookup_accepted <= on.stats.n_lookup_drafted
+        accepted += on.stats.n_lookup_accepted
+    assert accepted > 0  # the random head is almost never right; copied repeats are
+
+
+def test_prompt_lookup_finds_the_longest_most_recent_match():
+    from pyeagle import _core
+    assert _core.prompt_lookup([1, 2, 3], 4, 5) == ([], 0)
+    # the most recent earlier occurrence of the longest suffix; past the context's end the copy
+    # goes on through its own output (a cycle is unrolled)
+    assert _core.prompt_lookup([1, 2, 3, 9, 1, 2], 4, 6) == ([3, 9, 1, 2, 3, 9], 2)
+    assert _core.prompt_lookup([5, 1, 7, 5, 1, 8, 5, 1], 4, 3) == ([8, 5, 1], 2)
+    assert _core.prompt_lookup([1, 2, 3, 4, 2, 3, 9, 1, 2, 3], 4, 2) == ([4, 2], 3)
+    assert _core.prompt_lookup([1, 2, 3, 4, 2, 3, 9, 1, 2, 3], 2, 2) == ([9, 1], 2)
+    assert _core.prompt_lookup([7, 7], 4, 3) == ([7, 7, 7], 1)
+
+
+def test_prompt_lookup_is_validated(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    with pytest.raises(ValueError, match="n_lookup"):
+        eng.generate("the", max_tokens=2, n_lookup=-1)
+
+
 @pytest.mark.parametrize("p_min", [0.05, 0.5, 0.95])
 def test_confidence_floor_keeps_greedy_exact_and_prunes_the_tree(tiny_f32, plain_outputs, random_heads, p_min):
     eng = Engine(str(tiny_f32), draft=None, **EXACT)
@@ -168,9 +207,10 @@ def test_confidence_floor_keeps_greedy_exact_and_prunes_the_tree(tiny_f32, plain
     for p in PROMPTS:
         out = eng.generate(p, max_tokens=40, n_top_k=4, n_depth=8, n_tree=32, p_min=p_min)
         assert out.tokens == plain_outputs[p], f"prompt {p!r}"
-    # a random head is never confident: with a high floor nothing is drafted (a plain step a round)
+    # a random head is never confident: with a high floor nothing is drafted (a plain step a round;
+    # prompt lookup off, its chains are scored by their own acceptance rate)
     eng = Engine(str(tiny_f32), draft=str(random_heads["eagle12"]), **EXACT)
-    out = eng.generate(PROMPTS[0], max_tokens=20, n_tree=32, p_min=p_min)
+    out = eng.generate(PROMPTS[0], max_tokens=20, n_tree=32, p_min=p_min, n_lookup=0)
     assert out.tokens == plain_outputs[PROMPTS[0]][:20]
     if p_min >= 0.5:
         assert out.stats.n_passes == len(out.tokens) - 1

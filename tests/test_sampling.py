@@ -104,16 +104,19 @@ def chi_square_p(samples: list[tuple[int, int]], exact: dict) -> float:
     return p
 
 
-def draw(model: str, temperature: float, top_p: float, top_k: int, broken: bool = False) -> list[tuple[int, int]]:
+def draw(model: str, temperature: float, top_p: float, top_k: int, broken: bool = False, prompt: str | list[int] = PROMPT,
+         tree: dict = TREE, stats: list | None = None) -> list[tuple[int, int]]:
     eng = Engine(model, draft=None, **EXACT)
     eng._core.set_draft_oracle(Oracle(model))
     eng._core.set_broken_acceptance(broken)
     out = []
     for seed in range(N):
-        toks = eng.generate(PROMPT, max_tokens=2, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                            **TREE).tokens
-        assert len(toks) == 2
-        out.append((toks[0], toks[1]))
+        res = eng.generate(prompt, max_tokens=2, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                           **tree)
+        assert len(res.tokens) == 2
+        out.append((res.tokens[0], res.tokens[1]))
+        if stats is not None:
+            stats.append(res.stats)
     return out
 
 
@@ -134,3 +137,25 @@ def test_a_broken_acceptance_rule_fails_the_same_test(peaked, temperature, top_p
     exact = exact_pairs(peaked, prompt, temperature, top_p, top_k)
     p = chi_square_p(draw(peaked, temperature, top_p, top_k, broken=True), exact)
     assert p < ALPHA, f"the broken rule went undetected: p = {p:.2e}"
+
+
+@pytest.fixture(scope="module")
+def repeating(peaked) -> list[int]:
+    """PROMPT and the start of its greedy continuation, cut where the next greedy token (the likely
+    first sample: the distributions are peaked) occurred before: prompt lookup has a match."""
+    ids = Target(peaked, **EXACT).tokenize(PROMPT)
+    greedy = Engine(peaked, draft=None, **EXACT).generate(ids, max_tokens=64, draft=False).tokens
+    m = next(m for m in range(len(greedy)) if greedy[m] in ids + greedy[:m])
+    return ids + greedy[:m]
+
+
+LOOKUP_TREE = dict(n_depth=3, n_top_k=1, n_tree=6, n_lookup=6)  # lookup chains beside the oracle's best path
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 1.0, 5)])
+def test_prompt_lookup_drafts_keep_the_distribution(peaked, repeating, temperature, top_p, top_k):
+    exact = exact_pairs(peaked, repeating, temperature, top_p, top_k)
+    st: list = []
+    p = chi_square_p(draw(peaked, temperature, top_p, top_k, prompt=repeating, tree=LOOKUP_TREE, stats=st), exact)
+    assert sum(s.n_lookup_drafted for s in st) > N  # lookup drafts were verified, not just the oracle's
+    assert p > ALPHA, f"p = {p:.2e}"

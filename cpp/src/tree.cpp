@@ -24,6 +24,39 @@ std::vector<int32_t> tree_builder::best_at_depth(int32_t depth, int32_t k) const
     return idx;
 }
 
+std::vector<int32_t> tree_builder::add_path(const std::vector<llama_token> & tokens, const std::vector<float> & scores,
+                                            std::vector<bool> & added) {
+    std::vector<int32_t> idx;
+    added.clear();
+    int32_t parent = -1;
+    for (size_t j = 0; j < tokens.size(); ++j) {
+        int32_t found = -1;
+        for (int32_t i = parent + 1; i < (int32_t) cands_.size(); ++i) {  // children come after their parent
+            if (cands_[i].parent == parent && cands_[i].token == tokens[j]) { found = i; break; }
+        }
+        if (found < 0) {
+            cands_.push_back({tokens[j], parent, (int32_t) j + 1, scores[j]});
+            found = (int32_t) cands_.size() - 1;
+            added.push_back(true);
+        } else {
+            added.push_back(false);
+            const float delta = scores[j] - cands_[found].score;
+            if (delta > 0) {  // rebase the subtree: children keep their draft log-probs relative to it
+                std::vector<bool> below(cands_.size(), false);
+                below[found] = true;
+                cands_[found].score += delta;
+                for (int32_t i = found + 1; i < (int32_t) cands_.size(); ++i) {
+                    const int32_t p = cands_[i].parent;
+                    if (p >= 0 && below[p]) { below[i] = true; cands_[i].score += delta; }
+                }
+            }
+        }
+        idx.push_back(found);
+        parent = found;
+    }
+    return idx;
+}
+
 draft_tree tree_builder::rerank(int32_t m, float min_score) const {
     // a child never outscores its parent, so the candidates above a threshold form a connected tree
     std::vector<int32_t> rank;
@@ -57,6 +90,23 @@ draft_tree tree_builder::rerank(int32_t m, float min_score) const {
         t.cand.push_back(c);
     }
     return t;
+}
+
+lookup_draft prompt_lookup(const std::vector<llama_token> & ctx, int32_t n_max, int32_t n_len) {
+    lookup_draft out;
+    const int32_t N = (int32_t) ctx.size();
+    for (int32_t n = std::min(n_max, N - 1); n >= 1 && out.n_match == 0; --n) {
+        for (int32_t s = N - n - 1; s >= 0; --s) {  // most recent occurrence that ends before the suffix
+            if (!std::equal(ctx.begin() + s, ctx.begin() + s + n, ctx.end() - n)) continue;
+            out.n_match = n;
+            for (int32_t i = 0; i < n_len; ++i) {
+                const int32_t at = s + n + i;
+                out.tokens.push_back(at < N ? ctx[at] : out.tokens[at - N]);
+            }
+            break;
+        }
+    }
+    return out;
 }
 
 }  // namespace pyeagle

@@ -43,6 +43,14 @@ public:
     // keeps at most m candidates, each with score >= min_score (log of its path's draft probability)
     draft_tree rerank(int32_t m, float min_score = -INFINITY) const;
 
+    // Adds a drafted path below the root (e.g. a prompt-lookup continuation) with the given
+    // scores, which must decrease along the path. A step that matches an existing candidate (same
+    // parent and token) merges with it: its score becomes the larger of the two and its subtree is
+    // rebased by the same amount, so a child still never outscores its parent. Returns the
+    // candidate index of each step and, in `added`, whether the step was new.
+    std::vector<int32_t> add_path(const std::vector<llama_token> & tokens, const std::vector<float> & scores,
+                                  std::vector<bool> & added);
+
     std::vector<candidate> & candidates() { return cands_; }
     const std::vector<candidate> & candidates() const { return cands_; }
 
@@ -50,5 +58,14 @@ private:
     llama_token root_ = 0;
     std::vector<candidate> cands_;
 };
+
+// Prompt lookup (n-gram copying): the tokens that followed the most recent earlier occurrence of
+// the context's longest suffix of n_max..1 tokens, up to n_len of them. Past the end of the context
+// the copy goes on through its own output, so a repeating cycle shorter than n_len is unrolled.
+struct lookup_draft {
+    std::vector<llama_token> tokens;
+    int32_t n_match = 0;  // length of the matched suffix (0: no match, no tokens)
+};
+lookup_draft prompt_lookup(const std::vector<llama_token> & context, int32_t n_max, int32_t n_len);
 
 }  // namespace pyeagle

@@ -15,6 +15,7 @@ namespace pyeagle {
 class target;
 class draft_head;
 struct draft_tree;
+class tree_builder;
 
 struct engine_params {
     std::string target_path;
@@ -41,6 +42,12 @@ struct gen_params {
     // verify time of m + 1 tokens), with the verify cost curve measured once on this machine.
     // m = 0 (a plain step) when no draft is likely enough to pay for its verification.
     bool     adaptive    = false;
+    // prompt lookup: up to n_lookup tokens copied from where the context's last 1-4 tokens occurred
+    // before join the tree (0: off). They compete for the n_tree places with the head's drafts,
+    // each scored by the acceptance rate measured so far in this generation for its match length;
+    // the target verifies them like any draft, so output is unchanged. Catches repeated text,
+    // which a one-layer head copies poorly.
+    int32_t  n_lookup    = 0;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
     float    temperature = 0.0f;
@@ -57,6 +64,8 @@ struct gen_stats {
     int32_t n_passes = 0;                   // target passes after the prefill (rounds)
     std::vector<int32_t> accepted_hist;     // [k]: rounds that accepted k drafts
     int64_t n_drafted = 0;                  // draft nodes verified, all rounds
+    int64_t n_lookup_drafted = 0;           // of which only prompt lookup proposed
+    int64_t n_lookup_accepted = 0;          // of those, accepted
     double t_prefill = 0, t_draft = 0, t_verify = 0, t_accept = 0, t_total = 0;  // seconds
     // tokens per target pass after the prefill (whose pass produced the first token)
     double tau() const { return n_passes ? (double) (n_tokens - 1) / n_passes : 0.0; }
@@ -94,6 +103,8 @@ private:
     void draft_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st);
     void measure_verify_cost(int32_t n_max, int32_t filler);
     double verify_cost(int32_t n) const;  // seconds of one verify of n tokens (interpolated)
+    void add_lookup(int32_t root, int32_t n_len, tree_builder & tb);
+    void score_lookup(const std::vector<int32_t> & path, gen_stats & st);
 
     engine_params params_;
     std::unique_ptr<target> target_;
@@ -103,6 +114,15 @@ private:
     draft_oracle oracle_;
     bool broken_acceptance_ = false;
     std::vector<std::pair<int32_t, double>> verify_cost_;  // (tokens, seconds), measured once
+    // prompt lookup, per generate(): verified and accepted chain steps by match length (1..4), first
+    // steps and further ones apart; this round's chain as candidate indices (then tree nodes), its
+    // match length, and whether each step was new (not also a head draft)
+    static constexpr int32_t lookup_n_max = 4;
+    struct lookup_count { int64_t tried = 0, hit = 0; };
+    lookup_count lookup_[lookup_n_max + 1][2];
+    std::vector<int32_t> lookup_nodes_;
+    std::vector<bool> lookup_added_;
+    int32_t lookup_match_ = 0;
 };
 
 }  // namespace pyeagle
