@@ -63,12 +63,14 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("set_log_level", [](int level) { set_log_level((log_level) level); }, py::arg("level"),
           "1 debug, 2 info, 3 warn, 4 error (default), 5 none: what llama.cpp/ggml/pyeagle print to stderr");
-    m.def("prompt_lookup", [](const std::vector<llama_token> & context, int32_t n_max, int32_t n_len) {
-              const lookup_draft d = prompt_lookup(context, n_max, n_len);
-              return py::make_tuple(d.tokens, d.n_match);
-          }, py::arg("context"), py::arg("n_max"), py::arg("n_len"),
-          "(tokens, n_match): what followed the most recent earlier occurrence of the longest suffix of n_max..1 "
-          "tokens, up to n_len tokens (the engine's prompt-lookup drafts)");
+    m.def("prompt_lookup", [](const std::vector<llama_token> & context, int32_t n_max, int32_t n_len, int32_t n_chains) {
+              py::list out;
+              for (const auto & d : prompt_lookup(context, n_max, n_len, n_chains)) out.append(py::make_tuple(d.tokens, d.n_match));
+              return out;
+          }, py::arg("context"), py::arg("n_max"), py::arg("n_len"), py::arg("n_chains") = 1,
+          "[(tokens, n_match)]: what followed earlier occurrences of the context's last n_max..1 tokens, up to "
+          "n_len tokens, for at most n_chains distinct continuations, longest match first, then most recent "
+          "(the engine's prompt-lookup drafts)");
     m.def("check_gguf_file", &check_gguf_file, py::arg("path"), py::call_guard<py::gil_scoped_release>());
 
     py::class_<target>(m, "Target")

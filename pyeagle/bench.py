@@ -108,8 +108,10 @@ class Agg:
     t_draft: float = 0.0
     t_verify: float = 0.0
     hist: list[int] = field(default_factory=list)  # [k]: rounds that accepted k drafts
+    lookup_accepted: int = 0  # accepted drafts that only prompt lookup proposed
 
     def add(self, s: Stats) -> None:
+        self.lookup_accepted += s.n_lookup_accepted
         self.n_runs, self.tokens, self.passes = self.n_runs + 1, self.tokens + s.n_tokens, self.passes + s.n_passes
         self.t_decode += s.t_total - s.t_prefill
         self.t_draft += s.t_draft
@@ -128,6 +130,12 @@ class Agg:
     @property
     def tau(self) -> float:  # as Stats.tau: the prefill's pass produced each run's first token
         return (self.tokens - self.n_runs) / self.passes if self.passes else 0.0
+
+    @property
+    def lookup_share(self) -> float:
+        """Of the accepted drafts, the fraction that only prompt lookup proposed."""
+        accepted = self.tokens - self.n_runs - self.passes
+        return self.lookup_accepted / accepted if accepted > 0 else 0.0
 
     def split(self) -> dict:
         if self.t_decode <= 0:
@@ -369,6 +377,7 @@ def file_fact(path: str | None) -> str:
 
 def tree_extras(s: dict) -> str:
     out = " (cost-aware size)" if s.get("adaptive") else ""
+    out += f", prompt lookup {s['n_lookup']}" if s.get("n_lookup") else ", no prompt lookup"
     return out + (f", p_min {s['p_min']}" if s.get("p_min") else "")
 
 
@@ -736,21 +745,24 @@ def tree_sweep(args: argparse.Namespace) -> int:
         print("Note: no EAGLE head (-md): only the verify cost is measured.\n")
     for n in progress("tree sizes", sizes):
         p = {"n_tree": n, "verify_ms": cost[n], "verify_steps": cost[n] / step, "tau": None, "eagle_tps": None,
-             "speedup": None, "draft_ms_per_round": None}
+             "speedup": None, "draft_ms_per_round": None, "lookup_share": None}
         if eng.has_draft:
             a = Agg()
             for x in ids:
                 a.add(generate(eng, x, args, draft=True, n_tree=n).stats)
             p.update(tau=a.tau, eagle_tps=a.tps, speedup=a.tps / plain.tps if plain.tps else None,
-                     draft_ms_per_round=1000 * a.t_draft / max(a.passes, 1))
+                     draft_ms_per_round=1000 * a.t_draft / max(a.passes, 1), lookup_share=a.lookup_share)
         points.append(p)
     eng.reset()
     print(f"## Tree size sweep\n\nOne target step (1 token): {step:.2f} ms; plain decoding {plain.tps:.1f} tok/s. "
           f"Verify = median ms of one pass over the root + n_tree nodes (4-ary tree, features on), {args.reps} reps; "
           f"depth {eng.tree['n_depth']}, top-k {eng.tree['n_top_k']}.\n")
-    print(table(["n_tree", "verify ms", "verify / one step", "draft ms/round", "tau", "EAGLE tok/s", "speedup"],
+    print(table(["n_tree", "verify ms", "verify / one step", "draft ms/round", "tau", "from lookup", "EAGLE tok/s",
+                 "speedup"],
                 [[str(p["n_tree"]), f"{p['verify_ms']:.2f}", f"{p['verify_steps']:.2f}", fmt(p["draft_ms_per_round"], ".2f"),
-                  fmt(p["tau"], ".2f"), fmt(p["eagle_tps"]), fmt(p["speedup"], ".2f")] for p in points]) + "\n")
+                  fmt(p["tau"], ".2f"), fmt(p["lookup_share"], ".0%"), fmt(p["eagle_tps"]), fmt(p["speedup"], ".2f")]
+                 for p in points]) + "\n")
+    print("from lookup = the share of accepted drafts that only prompt lookup proposed (not also a head draft).\n")
     best = max((p for p in points if p["speedup"] is not None), key=lambda p: p["speedup"], default=None)
     if best:
         print(f"Fastest: n_tree = {best['n_tree']} ({best['speedup']:.2f}x, tau {best['tau']:.2f}).\n")

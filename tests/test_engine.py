@@ -182,16 +182,21 @@ def test_prompt_lookup_keeps_greedy_exact_and_copies_repeats(tiny_f32, plain_out
     assert accepted > 0  # the random head is almost never right; copied repeats are
 
 
-def test_prompt_lookup_finds_the_longest_most_recent_match():
+def test_prompt_lookup_finds_the_longest_most_recent_matches():
     from pyeagle import _core
-    assert _core.prompt_lookup([1, 2, 3], 4, 5) == ([], 0)
+    assert _core.prompt_lookup([1, 2, 3], 4, 5) == []
     # the most recent earlier occurrence of the longest suffix; past the context's end the copy
     # goes on through its own output (a cycle is unrolled)
-    assert _core.prompt_lookup([1, 2, 3, 9, 1, 2], 4, 6) == ([3, 9, 1, 2, 3, 9], 2)
-    assert _core.prompt_lookup([5, 1, 7, 5, 1, 8, 5, 1], 4, 3) == ([8, 5, 1], 2)
-    assert _core.prompt_lookup([1, 2, 3, 4, 2, 3, 9, 1, 2, 3], 4, 2) == ([4, 2], 3)
-    assert _core.prompt_lookup([1, 2, 3, 4, 2, 3, 9, 1, 2, 3], 2, 2) == ([9, 1], 2)
-    assert _core.prompt_lookup([7, 7], 4, 3) == ([7, 7, 7], 1)
+    assert _core.prompt_lookup([1, 2, 3, 9, 1, 2], 4, 6) == [([3, 9, 1, 2, 3, 9], 2)]
+    assert _core.prompt_lookup([5, 1, 7, 5, 1, 8, 5, 1], 4, 3) == [([8, 5, 1], 2)]
+    assert _core.prompt_lookup([1, 2, 3, 4, 2, 3, 9, 1, 2, 3], 4, 2) == [([4, 2], 3)]
+    assert _core.prompt_lookup([1, 2, 3, 4, 2, 3, 9, 1, 2, 3], 2, 2) == [([9, 1], 2)]
+    assert _core.prompt_lookup([7, 7], 4, 3) == [([7, 7, 7], 1)]
+    # more chains: distinct continuations only, longest match first, then most recent
+    ctx = [1, 2, 3, 4, 2, 3, 9, 1, 2, 3]
+    assert _core.prompt_lookup(ctx, 4, 2, 4) == [([4, 2], 3), ([9, 1], 2)]
+    assert _core.prompt_lookup(ctx, 4, 2, 1) == [([4, 2], 3)]
+    assert _core.prompt_lookup([3, 8, 3, 8, 3], 1, 2, 4) == [([8, 3], 1)]  # the same continuation once
 
 
 def test_prompt_lookup_is_validated(tiny_f32):

@@ -158,8 +158,10 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
         }
         for (int32_t i = 0; i < n; ++i) add(frontier[i], head_->logits(i));
     }
-    lookup_nodes_.clear();
-    if (gp.n_lookup > 0) add_lookup(root, std::min(gp.n_lookup, gp.n_tree), tb);
+    lookup_chains_.clear();
+    if (gp.n_lookup > 0) {  // more chains only in bigger trees: with few places they displace better head drafts
+        add_lookup(root, std::min(gp.n_lookup, gp.n_tree), std::clamp(gp.n_tree / 15, 1, lookup_n_chains), tb);
+    }
     int32_t m = gp.n_tree;
     if (gp.adaptive && !verify_cost_.empty()) {
         // the best m-node tree holds the m best-scoring candidates (a child never outscores its
@@ -177,44 +179,50 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
         }
     }
     out = tb.rerank(m, min_score);
-    if (!lookup_nodes_.empty()) {  // chain steps: candidate index -> tree node (-1: not kept)
+    if (!lookup_chains_.empty()) {  // chain steps: candidate index -> tree node (-1: not kept)
         std::vector<int32_t> node_of(tb.candidates().size(), -1);
         for (int32_t i = 1; i < out.size(); ++i) node_of[out.cand[i]] = i;
-        for (size_t j = 0; j < lookup_nodes_.size(); ++j) {
-            lookup_nodes_[j] = node_of[lookup_nodes_[j]];
-            if (lookup_nodes_[j] >= 0 && lookup_added_[j]) st.n_lookup_drafted++;
+        for (auto & c : lookup_chains_) {
+            for (size_t j = 0; j < c.nodes.size(); ++j) {
+                c.nodes[j] = node_of[c.nodes[j]];
+                if (c.nodes[j] >= 0 && c.added[j]) st.n_lookup_drafted++;
+            }
         }
     }
     st.n_drafted += out.size() - 1;
     st.t_draft += since(t0);
 }
 
-// The prompt-lookup chain joins the candidates. Its steps score like a head's path log-probability,
+// The prompt-lookup chains join the candidates. Their steps score like a head's path log-probability,
 // an estimate of the log chance that the step is accepted, from what this generation measured for
-// chains from the same match length (Laplace prior 1/2): the first step at log(rate of first steps),
-// each further one adds log(rate of further steps given the one before was accepted). Chains
-// either copy a real repeat and run long, or are wrong at once: the two rates differ a lot.
-void engine::add_lookup(int32_t root, int32_t n_len, tree_builder & tb) {
+// chains of the same match length and rank (Laplace prior 1/2): the first step at log(rate of first
+// steps), each further one adds log(rate of further steps given the one before was accepted).
+// Chains either copy a real repeat and run long, or are wrong at once: the two rates differ a lot.
+void engine::add_lookup(int32_t root, int32_t n_len, int32_t n_chains, tree_builder & tb) {
     std::vector<llama_token> ctx(target_->tokens().begin(), target_->tokens().end());
     ctx.push_back(root);
-    const lookup_draft d = prompt_lookup(ctx, lookup_n_max, n_len);
-    if (d.n_match == 0) return;
     auto log_rate = [](const lookup_count & c) { return (float) std::log((c.hit + 1.0) / (c.tried + 2.0)); };
-    const float first = log_rate(lookup_[d.n_match][0]), next = log_rate(lookup_[d.n_match][1]);
-    std::vector<float> scores(d.tokens.size());
-    for (size_t j = 0; j < scores.size(); ++j) scores[j] = first + next * (float) j;
-    lookup_nodes_ = tb.add_path(d.tokens, scores, lookup_added_);
-    lookup_match_ = d.n_match;
+    for (const lookup_draft & d : prompt_lookup(ctx, lookup_n_max, n_len, n_chains)) {
+        const auto & count = lookup_[d.n_match][d.rank > 0];
+        const float first = log_rate(count[0]), next = log_rate(count[1]);
+        std::vector<float> scores(d.tokens.size());
+        for (size_t j = 0; j < scores.size(); ++j) scores[j] = first + next * (float) j;
+        lookup_chain c{{}, {}, d.n_match, d.rank};
+        c.nodes = tb.add_path(d.tokens, scores, c.added);
+        lookup_chains_.push_back(std::move(c));
+    }
 }
 
 // After acceptance: each verified chain step whose parent was accepted is a try; count the hits.
 void engine::score_lookup(const std::vector<int32_t> & path, gen_stats & st) {
-    for (size_t j = 0; j < lookup_nodes_.size() && lookup_nodes_[j] >= 0; ++j) {
-        lookup_count & c = lookup_[lookup_match_][j == 0 ? 0 : 1];
-        c.tried++;
-        if (path.size() <= j + 1 || path[j + 1] != lookup_nodes_[j]) break;
-        c.hit++;
-        if (lookup_added_[j]) st.n_lookup_accepted++;
+    for (const auto & c : lookup_chains_) {
+        for (size_t j = 0; j < c.nodes.size() && c.nodes[j] >= 0; ++j) {
+            lookup_count & n = lookup_[c.n_match][c.rank > 0][j > 0];
+            n.tried++;
+            if (path.size() <= j + 1 || path[j + 1] != c.nodes[j]) break;
+            n.hit++;
+            if (c.added[j]) st.n_lookup_accepted++;
+        }
     }
 }
 
@@ -263,7 +271,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
     if (gp.n_lookup < 0) throw std::invalid_argument("generate: need n_lookup >= 0");
     const auto t_start = clock_t_::now();
     cancel_.store(false);
-    for (auto & by_step : lookup_) by_step[0] = by_step[1] = lookup_count{};
+    for (auto & by_rank : lookup_) for (auto & by_step : by_rank) by_step[0] = by_step[1] = lookup_count{};
     target_->clear_abort();
     const bool drafting = gp.draft && gp.n_tree > 0 && (head_ || oracle_);
     const int32_t nf = head_ ? head_->n_feature() : 0;

@@ -92,18 +92,23 @@ draft_tree tree_builder::rerank(int32_t m, float min_score) const {
     return t;
 }
 
-lookup_draft prompt_lookup(const std::vector<llama_token> & ctx, int32_t n_max, int32_t n_len) {
-    lookup_draft out;
+std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & ctx, int32_t n_max, int32_t n_len,
+                                        int32_t n_chains) {
+    std::vector<lookup_draft> out;
     const int32_t N = (int32_t) ctx.size();
-    for (int32_t n = std::min(n_max, N - 1); n >= 1 && out.n_match == 0; --n) {
-        for (int32_t s = N - n - 1; s >= 0; --s) {  // most recent occurrence that ends before the suffix
+    for (int32_t n = std::min(n_max, N - 1); n >= 1; --n) {
+        for (int32_t s = N - n - 1; s >= 0; --s) {  // occurrences that end before the suffix, most recent first
+            if ((int32_t) out.size() >= n_chains) return out;
             if (!std::equal(ctx.begin() + s, ctx.begin() + s + n, ctx.end() - n)) continue;
-            out.n_match = n;
+            lookup_draft d;
+            d.n_match = n;
+            d.rank = (int32_t) out.size();
             for (int32_t i = 0; i < n_len; ++i) {
                 const int32_t at = s + n + i;
-                out.tokens.push_back(at < N ? ctx[at] : out.tokens[at - N]);
+                d.tokens.push_back(at < N ? ctx[at] : d.tokens[at - N]);
             }
-            break;
+            const bool seen = std::any_of(out.begin(), out.end(), [&](const lookup_draft & o) { return o.tokens == d.tokens; });
+            if (!seen) out.push_back(std::move(d));
         }
     }
     return out;

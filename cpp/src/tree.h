@@ -59,13 +59,16 @@ private:
     std::vector<candidate> cands_;
 };
 
-// Prompt lookup (n-gram copying): the tokens that followed the most recent earlier occurrence of
-// the context's longest suffix of n_max..1 tokens, up to n_len of them. Past the end of the context
-// the copy goes on through its own output, so a repeating cycle shorter than n_len is unrolled.
+// Prompt lookup (n-gram copying): the tokens that followed earlier occurrences of the context's
+// last n_max..1 tokens, up to n_len of them, for at most n_chains distinct continuations: longest
+// match first, then most recent. Past the end of the context a copy goes on through its own
+// output, so a repeating cycle shorter than n_len is unrolled.
 struct lookup_draft {
     std::vector<llama_token> tokens;
-    int32_t n_match = 0;  // length of the matched suffix (0: no match, no tokens)
+    int32_t n_match = 0;  // length of the matched suffix
+    int32_t rank = 0;     // 0: the first (longest, most recent) match, 1: the next distinct one, ...
 };
-lookup_draft prompt_lookup(const std::vector<llama_token> & context, int32_t n_max, int32_t n_len);
+std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & context, int32_t n_max, int32_t n_len,
+                                        int32_t n_chains);
 
 }  // namespace pyeagle

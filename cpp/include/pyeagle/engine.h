@@ -42,11 +42,11 @@ struct gen_params {
     // verify time of m + 1 tokens), with the verify cost curve measured once on this machine.
     // m = 0 (a plain step) when no draft is likely enough to pay for its verification.
     bool     adaptive    = false;
-    // prompt lookup: up to n_lookup tokens copied from where the context's last 1-4 tokens occurred
-    // before join the tree (0: off). They compete for the n_tree places with the head's drafts,
-    // each scored by the acceptance rate measured so far in this generation for its match length;
-    // the target verifies them like any draft, so output is unchanged. Catches repeated text,
-    // which a one-layer head copies poorly.
+    // prompt lookup: chains of up to n_lookup tokens copied from where the context's last 1-4 tokens
+    // occurred before join the tree (0: off); one chain per 15 places of n_tree, 1 to 4. They
+    // compete for the n_tree places with the head's drafts, scored by the acceptance rates measured
+    // so far in this generation; the target verifies them like any draft, so output is unchanged.
+    // Catches repeated text, which a one-layer head copies poorly.
     int32_t  n_lookup    = 0;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
@@ -103,7 +103,7 @@ private:
     void draft_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st);
     void measure_verify_cost(int32_t n_max, int32_t filler);
     double verify_cost(int32_t n) const;  // seconds of one verify of n tokens (interpolated)
-    void add_lookup(int32_t root, int32_t n_len, tree_builder & tb);
+    void add_lookup(int32_t root, int32_t n_len, int32_t n_chains, tree_builder & tb);
     void score_lookup(const std::vector<int32_t> & path, gen_stats & st);
 
     engine_params params_;
@@ -114,15 +114,15 @@ private:
     draft_oracle oracle_;
     bool broken_acceptance_ = false;
     std::vector<std::pair<int32_t, double>> verify_cost_;  // (tokens, seconds), measured once
-    // prompt lookup, per generate(): verified and accepted chain steps by match length (1..4), first
-    // steps and further ones apart; this round's chain as candidate indices (then tree nodes), its
-    // match length, and whether each step was new (not also a head draft)
-    static constexpr int32_t lookup_n_max = 4;
+    // prompt lookup: per generate(), verified and accepted chain steps by match length (1..4), by
+    // rank (the first chain or a later one) and by step (the first or a further one); per round,
+    // each chain's steps as tree nodes (-1: not kept) and whether each step was new (not merged
+    // into a head draft or an earlier chain)
+    static constexpr int32_t lookup_n_max = 4, lookup_n_chains = 4;
     struct lookup_count { int64_t tried = 0, hit = 0; };
-    lookup_count lookup_[lookup_n_max + 1][2];
-    std::vector<int32_t> lookup_nodes_;
-    std::vector<bool> lookup_added_;
-    int32_t lookup_match_ = 0;
+    lookup_count lookup_[lookup_n_max + 1][2][2];
+    struct lookup_chain { std::vector<int32_t> nodes; std::vector<bool> added; int32_t n_match, rank; };
+    std::vector<lookup_chain> lookup_chains_;
 };
 
 }  // namespace pyeagle
