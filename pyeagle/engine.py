@@ -23,8 +23,8 @@ Prompt = Union[str, Sequence[int]]
 # that a confident head can still chain. On a GPU a 60-node verification costs about one step:
 # the paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost
 # curve and the head's path probabilities; with the shipped heads it measured slower than fixed trees.
-CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False, n_lookup=16)
-GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False, n_lookup=16)
+CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False, n_lookup=32)
+GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False, n_lookup=32)
 
 # The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
 TREE_FLAGS = (("--draft-depth", "n_depth", int, "draft tree expansion steps (n_depth)"),

@@ -159,8 +159,11 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
         for (int32_t i = 0; i < n; ++i) add(frontier[i], head_->logits(i));
     }
     lookup_chains_.clear();
-    if (gp.n_lookup > 0) {  // more chains only in bigger trees: with few places they displace better head drafts
-        add_lookup(root, std::min(gp.n_lookup, gp.n_tree), std::clamp(gp.n_tree / 15, 1, lookup_n_chains), tb);
+    if (gp.n_lookup > 0) {
+        // more chains, and chains scored more generously, only in bigger trees: with few places a
+        // chain that misses displaces a better head draft (measured in docs/BENCHMARKS.md)
+        const int32_t n_chains = std::clamp(gp.n_tree / 15, 1, lookup_n_chains);
+        add_lookup(root, std::min(gp.n_lookup, gp.n_tree), n_chains, n_chains == 1, tb);
     }
     int32_t m = gp.n_tree;
     if (gp.adaptive && !verify_cost_.empty()) {
@@ -198,13 +201,15 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
 // chains of the same match length and rank (Laplace prior 1/2): the first step at log(rate of first
 // steps), each further one adds log(rate of further steps given the one before was accepted).
 // Chains either copy a real repeat and run long, or are wrong at once: the two rates differ a lot.
-void engine::add_lookup(int32_t root, int32_t n_len, int32_t n_chains, tree_builder & tb) {
+// `by_streak`: the first step's rate is the one measured after rounds like the last (that did or
+// did not accept a copied step): inside a repeat it is high, outside it low.
+void engine::add_lookup(int32_t root, int32_t n_len, int32_t n_chains, bool by_streak, tree_builder & tb) {
     std::vector<llama_token> ctx(target_->tokens().begin(), target_->tokens().end());
     ctx.push_back(root);
     auto log_rate = [](const lookup_count & c) { return (float) std::log((c.hit + 1.0) / (c.tried + 2.0)); };
     for (const lookup_draft & d : prompt_lookup(ctx, lookup_n_max, n_len, n_chains)) {
-        const auto & count = lookup_[d.n_match][d.rank > 0];
-        const float first = log_rate(count[0]), next = log_rate(count[1]);
+        const lookup_rates & r = lookup_[d.n_match][d.rank > 0];
+        const float first = log_rate(by_streak ? r.first_after[lookup_streak_] : r.first), next = log_rate(r.next);
         std::vector<float> scores(d.tokens.size());
         for (size_t j = 0; j < scores.size(); ++j) scores[j] = first + next * (float) j;
         lookup_chain c{{}, {}, d.n_match, d.rank};
@@ -215,12 +220,17 @@ void engine::add_lookup(int32_t root, int32_t n_len, int32_t n_chains, tree_buil
 
 // After acceptance: each verified chain step whose parent was accepted is a try; count the hits.
 void engine::score_lookup(const std::vector<int32_t> & path, gen_stats & st) {
+    const bool after = lookup_streak_;
+    lookup_streak_ = false;
     for (const auto & c : lookup_chains_) {
+        lookup_rates & r = lookup_[c.n_match][c.rank > 0];
         for (size_t j = 0; j < c.nodes.size() && c.nodes[j] >= 0; ++j) {
-            lookup_count & n = lookup_[c.n_match][c.rank > 0][j > 0];
-            n.tried++;
-            if (path.size() <= j + 1 || path[j + 1] != c.nodes[j]) break;
-            n.hit++;
+            const bool hit = path.size() > j + 1 && path[j + 1] == c.nodes[j];
+            for (lookup_count * n : {j == 0 ? &r.first : &r.next, j == 0 ? &r.first_after[after] : nullptr}) {
+                if (n) { n->tried++; n->hit += hit; }
+            }
+            if (!hit) break;
+            lookup_streak_ = true;
             if (c.added[j]) st.n_lookup_accepted++;
         }
     }
@@ -271,7 +281,8 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
     if (gp.n_lookup < 0) throw std::invalid_argument("generate: need n_lookup >= 0");
     const auto t_start = clock_t_::now();
     cancel_.store(false);
-    for (auto & by_rank : lookup_) for (auto & by_step : by_rank) by_step[0] = by_step[1] = lookup_count{};
+    for (auto & by_rank : lookup_) by_rank[0] = by_rank[1] = lookup_rates{};
+    lookup_streak_ = false;
     target_->clear_abort();
     const bool drafting = gp.draft && gp.n_tree > 0 && (head_ || oracle_);
     const int32_t nf = head_ ? head_->n_feature() : 0;

@@ -103,7 +103,7 @@ private:
     void draft_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st);
     void measure_verify_cost(int32_t n_max, int32_t filler);
     double verify_cost(int32_t n) const;  // seconds of one verify of n tokens (interpolated)
-    void add_lookup(int32_t root, int32_t n_len, int32_t n_chains, tree_builder & tb);
+    void add_lookup(int32_t root, int32_t n_len, int32_t n_chains, bool by_streak, tree_builder & tb);
     void score_lookup(const std::vector<int32_t> & path, gen_stats & st);
 
     engine_params params_;
@@ -114,13 +114,16 @@ private:
     draft_oracle oracle_;
     bool broken_acceptance_ = false;
     std::vector<std::pair<int32_t, double>> verify_cost_;  // (tokens, seconds), measured once
-    // prompt lookup: per generate(), verified and accepted chain steps by match length (1..4), by
-    // rank (the first chain or a later one) and by step (the first or a further one); per round,
-    // each chain's steps as tree nodes (-1: not kept) and whether each step was new (not merged
-    // into a head draft or an earlier chain)
+    // prompt lookup, per generate(): verified and accepted chain steps by match length (1..4) and
+    // rank (the first chain or a later one); first steps also split by whether the round before
+    // accepted a copied step (lookup_streak_). Per round, each chain's steps as candidates, then
+    // as tree nodes (-1: not kept), and whether each step was new (not merged into a head draft
+    // or an earlier chain).
     static constexpr int32_t lookup_n_max = 4, lookup_n_chains = 4;
     struct lookup_count { int64_t tried = 0, hit = 0; };
-    lookup_count lookup_[lookup_n_max + 1][2][2];
+    struct lookup_rates { lookup_count first, next, first_after[2]; };
+    lookup_rates lookup_[lookup_n_max + 1][2];
+    bool lookup_streak_ = false;
     struct lookup_chain { std::vector<int32_t> nodes; std::vector<bool> added; int32_t n_match, rank; };
     std::vector<lookup_chain> lookup_chains_;
 };
