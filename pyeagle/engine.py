@@ -18,9 +18,10 @@ Prompt = Union[str, Sequence[int]]
 
 # Tree defaults. On this project's CPU (2 cores; docs/BENCHMARKS.md, "Shipped head") a verify
 # pass is compute-bound: 3 tokens cost 2.2 single steps, 5 cost 2.9, 9 cost 4. With the shipped
-# head (MT-bench tau 1.56 at 2 drafts, 1.94 at 8) every tree measured was slower than plain
-# decoding, the smallest the least, so 2 drafts with top-k 2 is the CPU default; depth stays 8 so
-# that a confident head can still chain. On a GPU a 60-node verification costs about one step:
+# head and prompt lookup (MT-bench tau 1.92 at 2 drafts, 2.79 at 8; the head alone 1.56 / 1.94)
+# every tree measured was slower than plain decoding, the smallest the least, so 2 drafts with
+# top-k 2 is the CPU default; depth stays 8 so that a confident head can still chain. Prompt
+# lookup (n_lookup) is on everywhere: it raised tau at every tree size measured. On a GPU a 60-node verification costs about one step:
 # the paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost
 # curve and the head's path probabilities; with the shipped heads it measured slower than fixed trees.
 CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False, n_lookup=32)
