@@ -226,9 +226,9 @@ void engine::score_lookup(const std::vector<int32_t> & path, gen_stats & st) {
         lookup_rates & r = lookup_[c.n_match][c.rank > 0];
         for (size_t j = 0; j < c.nodes.size() && c.nodes[j] >= 0; ++j) {
             const bool hit = path.size() > j + 1 && path[j + 1] == c.nodes[j];
-            for (lookup_count * n : {j == 0 ? &r.first : &r.next, j == 0 ? &r.first_after[after] : nullptr}) {
-                if (n) { n->tried++; n->hit += hit; }
-            }
+            auto count = [hit](lookup_count & n) { n.tried++; n.hit += hit; };
+            count(j == 0 ? r.first : r.next);
+            if (j == 0) count(r.first_after[after]);
             if (!hit) break;
             lookup_streak_ = true;
             if (c.added[j]) st.n_lookup_accepted++;
