@@ -21,9 +21,10 @@ Prompt = Union[str, Sequence[int]]
 # head and prompt lookup (MT-bench tau 1.92 at 2 drafts, 2.79 at 8; the head alone 1.56 / 1.94)
 # every tree measured was slower than plain decoding, the smallest the least, so 2 drafts with
 # top-k 2 is the CPU default; depth stays 8 so that a confident head can still chain. Prompt
-# lookup (n_lookup) is on everywhere: it raised tau at every tree size measured. On a GPU a 60-node verification costs about one step:
-# the paper's setting. `adaptive=True` sizes each round's tree from the measured verify cost
-# curve and the head's path probabilities; with the shipped heads it measured slower than fixed trees.
+# lookup (n_lookup) is on everywhere: it raised tau at every tree size measured (docs/BENCHMARKS.md,
+# "Prompt lookup"). On a GPU a 60-node verification costs about one step: the paper's setting.
+# `adaptive=True` sizes each round's tree from the measured verify cost curve and the head's path
+# probabilities; with the shipped heads it measured slower than fixed trees.
 CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False, n_lookup=32)
 GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False, n_lookup=32)
 
@@ -122,7 +123,8 @@ class Engine:
                  n_lookup: int | None = None) -> Output:
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
-                               n_depth, n_top_k, n_tree, p_min, adaptive, n_lookup):
+                               n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min, adaptive=adaptive,
+                               n_lookup=n_lookup):
             if isinstance(piece, Output):
                 out = piece
         assert out is not None
@@ -146,26 +148,22 @@ class Engine:
 
     @staticmethod
     def _stream_kw(kw: dict) -> dict:
-        names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft",
-                 "n_depth", "n_top_k", "n_tree", "p_min", "adaptive", "n_lookup")
+        names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft", *CPU_TREE)
         unknown = set(kw) - set(names)
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
         defaults = dict(max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=(), stop_token_ids=(),
-                        draft=True, n_depth=None, n_top_k=None, n_tree=None, p_min=None, adaptive=None,
-                        n_lookup=None)
+                        draft=True, **dict.fromkeys(CPU_TREE))
         defaults.update(kw)
         return defaults
 
-    def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, n_depth,
-             n_top_k, n_tree, p_min=None, adaptive=None, n_lookup=None):
+    def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, **tree):
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("empty prompt")
         if isinstance(stop, str):
             stop = [stop]
-        tree = with_overrides(self.tree, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
-                              adaptive=adaptive, n_lookup=n_lookup)
+        tree = with_overrides(self.tree, **tree)  # the tree options (CPU_TREE's keys) given, else the engine's
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text_parts: list[str] = []
         pieces: queue.Queue = queue.Queue()

@@ -207,13 +207,14 @@ void engine::add_lookup(int32_t root, int32_t n_len, int32_t n_chains, bool by_s
     std::vector<llama_token> ctx(target_->tokens().begin(), target_->tokens().end());
     ctx.push_back(root);
     auto log_rate = [](const lookup_count & c) { return (float) std::log((c.hit + 1.0) / (c.tried + 2.0)); };
-    for (const lookup_draft & d : prompt_lookup(ctx, lookup_n_max, n_len, n_chains)) {
-        const lookup_rates & r = lookup_[d.n_match][d.rank > 0];
+    const std::vector<lookup_draft> drafts = prompt_lookup(ctx, lookup_n_max, n_len, n_chains);
+    for (size_t i = 0; i < drafts.size(); ++i) {  // i: the chain's rank
+        lookup_rates & r = lookup_[drafts[i].n_match][i > 0];
         const float first = log_rate(by_streak ? r.first_after[lookup_streak_] : r.first), next = log_rate(r.next);
-        std::vector<float> scores(d.tokens.size());
+        std::vector<float> scores(drafts[i].tokens.size());
         for (size_t j = 0; j < scores.size(); ++j) scores[j] = first + next * (float) j;
-        lookup_chain c{{}, {}, d.n_match, d.rank};
-        c.nodes = tb.add_path(d.tokens, scores, c.added);
+        lookup_chain c{{}, {}, &r};
+        c.nodes = tb.add_path(drafts[i].tokens, scores, c.added);
         lookup_chains_.push_back(std::move(c));
     }
 }
@@ -223,7 +224,7 @@ void engine::score_lookup(const std::vector<int32_t> & path, gen_stats & st) {
     const bool after = lookup_streak_;
     lookup_streak_ = false;
     for (const auto & c : lookup_chains_) {
-        lookup_rates & r = lookup_[c.n_match][c.rank > 0];
+        lookup_rates & r = *c.rates;
         for (size_t j = 0; j < c.nodes.size() && c.nodes[j] >= 0; ++j) {
             const bool hit = path.size() > j + 1 && path[j + 1] == c.nodes[j];
             auto count = [hit](lookup_count & n) { n.tried++; n.hit += hit; };

@@ -102,7 +102,6 @@ std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & ctx, in
             if (!std::equal(ctx.begin() + s, ctx.begin() + s + n, ctx.end() - n)) continue;
             lookup_draft d;
             d.n_match = n;
-            d.rank = (int32_t) out.size();
             for (int32_t i = 0; i < n_len; ++i) {
                 const int32_t at = s + n + i;
                 d.tokens.push_back(at < N ? ctx[at] : d.tokens[at - N]);

@@ -66,7 +66,6 @@ private:
 struct lookup_draft {
     std::vector<llama_token> tokens;
     int32_t n_match = 0;  // length of the matched suffix
-    int32_t rank = 0;     // 0: the first (longest, most recent) match, 1: the next distinct one, ...
 };
 std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & context, int32_t n_max, int32_t n_len,
                                         int32_t n_chains);

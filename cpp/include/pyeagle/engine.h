@@ -117,14 +117,14 @@ private:
     // prompt lookup, per generate(): verified and accepted chain steps by match length (1..4) and
     // rank (the first chain or a later one); first steps also split by whether the round before
     // accepted a copied step (lookup_streak_). Per round, each chain's steps as candidates, then
-    // as tree nodes (-1: not kept), and whether each step was new (not merged into a head draft
-    // or an earlier chain).
+    // as tree nodes (-1: not kept), whether each step was new (not merged into a head draft or an
+    // earlier chain), and the rates it counts toward.
     static constexpr int32_t lookup_n_max = 4, lookup_n_chains = 4;
     struct lookup_count { int64_t tried = 0, hit = 0; };
     struct lookup_rates { lookup_count first, next, first_after[2]; };
     lookup_rates lookup_[lookup_n_max + 1][2];
     bool lookup_streak_ = false;
-    struct lookup_chain { std::vector<int32_t> nodes; std::vector<bool> added; int32_t n_match, rank; };
+    struct lookup_chain { std::vector<int32_t> nodes; std::vector<bool> added; lookup_rates * rates; };
     std::vector<lookup_chain> lookup_chains_;
 };
 
