@@ -2,6 +2,8 @@
 #include "pyeagle/engine.h"
 #include "common.h"
 #include "draft_head.h"
+#include "budget.h"
+#include "lookup.h"
 #include "target.h"
 #include "tree.h"
 
@@ -71,6 +73,15 @@ PYBIND11_MODULE(_core, m) {
           "[(tokens, n_match)]: what followed earlier occurrences of the context's last n_max..1 tokens, up to "
           "n_len tokens, for at most n_chains distinct continuations, longest match first, then most recent "
           "(the engine's prompt-lookup drafts)");
+    m.def("best_size", [](const std::vector<double> & a_desc, double sunk, std::vector<std::pair<int32_t, double>> curve,
+                          int32_t m_max) {
+              cost_model c;
+              c.set_curve(std::move(curve), 0);
+              const size_choice b = best_size(a_desc, sunk, c, m_max);
+              return py::make_tuple(b.m, b.expect, b.seconds);
+          }, py::arg("a_desc"), py::arg("sunk"), py::arg("curve"), py::arg("m_max"),
+          "(m, expected tokens, seconds): the round policy's tree size for drafts with estimated acceptance "
+          "a_desc (descending), drafting time already spent, a verify cost curve [(tokens, seconds)]");
     m.def("check_gguf_file", &check_gguf_file, py::arg("path"), py::call_guard<py::gil_scoped_release>());
 
     py::class_<target>(m, "Target")
@@ -187,6 +198,14 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("n_drafted", &gen_stats::n_drafted, "draft nodes verified, all rounds")
         .def_readonly("n_lookup_drafted", &gen_stats::n_lookup_drafted, "of which only prompt lookup proposed")
         .def_readonly("n_lookup_accepted", &gen_stats::n_lookup_accepted, "of those, accepted")
+        .def_property_readonly("rounds_by_kind", [](const gen_stats & s) {
+            return py::dict(py::arg("plain") = s.n_rounds_kind[0], py::arg("lookup") = s.n_rounds_kind[1],
+                            py::arg("head") = s.n_rounds_kind[2]);
+        }, "rounds per kind: a plain step, a prompt-lookup chain alone, a head tree")
+        .def_property_readonly("tokens_by_kind", [](const gen_stats & s) {
+            return py::dict(py::arg("plain") = s.n_tokens_kind[0], py::arg("lookup") = s.n_tokens_kind[1],
+                            py::arg("head") = s.n_tokens_kind[2]);
+        }, "tokens emitted by the rounds of each kind")
         .def_readonly("t_prefill", &gen_stats::t_prefill)
         .def_readonly("t_draft", &gen_stats::t_draft)
         .def_readonly("t_verify", &gen_stats::t_verify)
@@ -203,6 +222,22 @@ PYBIND11_MODULE(_core, m) {
                           s.t_verify, s.t_accept, s.t_total);
         });
 
+    py::class_<gen_params>(m, "GenParams", "how one generate() call decodes (the C++ gen_params)")
+        .def(py::init<>())
+        .def_readwrite("n_depth", &gen_params::n_depth)
+        .def_readwrite("n_top_k", &gen_params::n_top_k)
+        .def_readwrite("n_tree", &gen_params::n_tree)
+        .def_readwrite("p_min", &gen_params::p_min)
+        .def_readwrite("adaptive", &gen_params::adaptive)
+        .def_readwrite("n_lookup", &gen_params::n_lookup)
+        .def_readwrite("draft", &gen_params::draft)
+        .def_readwrite("temperature", &gen_params::temperature)
+        .def_readwrite("top_p", &gen_params::top_p)
+        .def_readwrite("top_k", &gen_params::top_k)
+        .def_readwrite("seed", &gen_params::seed)
+        .def_readwrite("max_tokens", &gen_params::max_tokens)
+        .def_readwrite("stop_tokens", &gen_params::stop_tokens);
+
     py::class_<engine>(m, "CoreEngine")
         .def(py::init([](const std::string & target_path, const std::string & draft_path, int32_t n_ctx,
                          int32_t n_threads, int32_t n_gpu_layers, int32_t n_batch, int32_t flash_attn, bool kv_f32) {
@@ -212,17 +247,7 @@ PYBIND11_MODULE(_core, m) {
              }), py::arg("target"), py::arg("draft") = "", py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
              py::arg("n_gpu_layers") = 0, py::arg("n_batch") = 512, py::arg("flash_attn") = -1,
              py::arg("kv_f32") = false)
-        .def("generate", [](engine & e, const std::vector<int32_t> & prompt, int32_t n_depth, int32_t n_top_k,
-                            int32_t n_tree, bool draft, float temperature, float top_p, int32_t top_k, uint64_t seed,
-                            int32_t max_tokens, std::vector<int32_t> stop_tokens, py::object callback, float p_min,
-                            bool adaptive, int32_t n_lookup) {
-                 gen_params gp;
-                 gp.n_lookup = n_lookup;
-                 gp.p_min = p_min;
-                 gp.adaptive = adaptive;
-                 gp.n_depth = n_depth; gp.n_top_k = n_top_k; gp.n_tree = n_tree; gp.draft = draft;
-                 gp.temperature = temperature; gp.top_p = top_p; gp.top_k = top_k; gp.seed = seed;
-                 gp.max_tokens = max_tokens; gp.stop_tokens = std::move(stop_tokens);
+        .def("generate", [](engine & e, const std::vector<int32_t> & prompt, const gen_params & gp, py::object callback) {
                  // once per round: Python's callback, and Ctrl-C (KeyboardInterrupt) stops the loop
                  std::unique_ptr<py::error_already_set> error;
                  on_tokens cb = [&](const std::vector<int32_t> & toks) {
@@ -243,10 +268,7 @@ PYBIND11_MODULE(_core, m) {
                  }
                  if (error) throw std::move(*error);
                  return py::make_tuple(r.tokens, r.stop_reason, r.stats);
-             }, py::arg("prompt"), py::arg("n_depth"), py::arg("n_top_k"), py::arg("n_tree"), py::arg("draft"),
-             py::arg("temperature"), py::arg("top_p"), py::arg("top_k"), py::arg("seed"), py::arg("max_tokens"),
-             py::arg("stop_tokens"), py::arg("callback"), py::arg("p_min") = 0.0f,
-             py::arg("adaptive") = false, py::arg("n_lookup") = 0)
+             }, py::arg("prompt"), py::arg("params"), py::arg("callback") = py::none())
         .def("cancel", &engine::cancel)
         .def("reset", &engine::reset, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("target", [](engine & e) -> target & { return e.tgt(); }, py::return_value_policy::reference_internal)
@@ -258,6 +280,35 @@ PYBIND11_MODULE(_core, m) {
                      out = fn(ctx, k).cast<std::vector<std::pair<float, int32_t>>>();
                  });
              }, py::arg("fn"), "test hook: fn(context_tokens, k) -> [(logprob, token)] replaces the head's drafts")
+        .def("set_forced_kinds", [](engine & e, const std::vector<std::string> & kinds) {
+                 std::vector<round_kind> k;
+                 for (const auto & s : kinds) {
+                     if (s == "plain") k.push_back(round_kind::plain);
+                     else if (s == "lookup") k.push_back(round_kind::lookup);
+                     else if (s == "head") k.push_back(round_kind::head);
+                     else throw std::invalid_argument("round kind must be plain, lookup or head: " + s);
+                 }
+                 e.set_forced_kinds(std::move(k));
+             }, py::arg("kinds"), "test hook: the kinds of the coming rounds, cycled ([]: the policy decides)")
+        .def("verify_curve", &engine::verify_curve,
+             "the round policy's verify cost curve: [(tokens, seconds)] as measured and updated by this engine")
+        .def("acceptance_counts", [](const engine & e) {
+                 const acceptance & a = e.policy_state().acc;
+                 auto pairs = [](const rate_count & c) { return py::make_tuple(c.tried, c.hit); };
+                 py::list head, first, next;
+                 for (const auto & d : a.head_counts()) { py::list r; for (const auto & c : d) r.append(pairs(c)); head.append(r); }
+                 for (const auto & b : a.first_counts()) first.append(py::make_tuple(pairs(b[0]), pairs(b[1])));
+                 for (const auto & c : a.next_counts()) next.append(pairs(c));
+                 return py::dict(py::arg("head") = head, py::arg("lookup_first") = first, py::arg("lookup_next") = next);
+             }, "the policy's acceptance counts (tried, hit): head[depth][q decile], lookup_first[match bucket]"
+                "[streak], lookup_next[match bucket]; match buckets 1, 2, 3, 4, 5-7, 8-15, 16+")
+        .def("set_trace", &engine::set_trace, py::arg("on"), "test hook: record each round (trace())")
+        .def("trace", [](const engine & e) {
+                 static const char * names[] = {"plain", "lookup", "head"};
+                 py::list out;
+                 for (const auto & r : e.trace()) out.append(py::make_tuple(r.n_past, names[(int) r.kind], r.token, r.parent));
+                 return out;
+             }, "[(n_past, kind, tree tokens, tree parents)] per round since set_trace(True)")
         .def("set_broken_acceptance", &engine::set_broken_acceptance, py::arg("broken"),
              "test hook: a deliberately wrong sampled acceptance rule (no residual)");
 }

@@ -16,17 +16,13 @@ log = logging.getLogger("pyeagle")
 
 Prompt = Union[str, Sequence[int]]
 
-# Tree defaults. On this project's CPU (2 cores; docs/BENCHMARKS.md, "Shipped head") a verify
-# pass is compute-bound: 3 tokens cost 2.2 single steps, 5 cost 2.9, 9 cost 4. With the shipped
-# head and prompt lookup (MT-bench tau 1.92 at 2 drafts, 2.79 at 8; the head alone 1.56 / 1.94)
-# every tree measured was slower than plain decoding, the smallest the least, so 2 drafts with
-# top-k 2 is the CPU default; depth stays 8 so that a confident head can still chain. Prompt
-# lookup (n_lookup) is on everywhere: it raised tau at every tree size measured (docs/BENCHMARKS.md,
-# "Prompt lookup"). On a GPU a 60-node verification costs about one step: the paper's setting.
-# `adaptive=True` sizes each round's tree from the measured verify cost curve and the head's path
-# probabilities; with the shipped heads it measured slower than fixed trees.
-CPU_TREE = dict(n_depth=8, n_top_k=2, n_tree=2, p_min=0.0, adaptive=False, n_lookup=32)
-GPU_TREE = dict(n_depth=6, n_top_k=10, n_tree=60, p_min=0.0, adaptive=False, n_lookup=32)
+# Tree defaults: caps, not sizes. Each round the policy (cpp/src/budget.h, docs/ARCHITECTURE.md)
+# chooses a plain step, a prompt-lookup chain alone or a head tree, and the tree's size and depth
+# within these caps, from this engine's own measurements: the verify cost of every tree size on this
+# machine (a 2-core CPU pays 2.4 single steps for 3 tokens, a GPU about one for 60) and the
+# acceptance rates of its drafts. So one set of defaults serves CPUs and GPUs. adaptive=False turns
+# the policy off: every round then verifies the head's n_tree best drafts (the tree sweep's mode).
+DEFAULT_TREE = dict(n_depth=8, n_top_k=8, n_tree=64, p_min=0.0, adaptive=True, n_lookup=64)
 
 # The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
 TREE_FLAGS = (("--draft-depth", "n_depth", int, "draft tree expansion steps (n_depth)"),
@@ -43,7 +39,8 @@ def add_tree_args(ap) -> None:
     for flag, name, kind, doc in TREE_FLAGS:
         ap.add_argument(flag, dest=name, type=kind, help=doc)
     ap.add_argument("--draft-adaptive", dest="adaptive", action=argparse.BooleanOptionalAction, default=None,
-                    help="cost-aware tree size per round, up to --draft-tree (default: the engine's)")
+                    help="the round policy: plain step, lookup chain or head tree, sized per round within the caps "
+                         "(default: on); --no-draft-adaptive verifies --draft-tree head drafts every round")
 
 
 def tree_kwargs(args) -> dict:
@@ -96,8 +93,8 @@ class Engine:
         self._core = _core.CoreEngine(self.target_path, self.draft_path or "", n_ctx=n_ctx, n_threads=n_threads,
                                       n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
                                       kv_f32=kv_f32)
-        self.tree = with_overrides(GPU_TREE if n_gpu_layers else CPU_TREE, n_depth=n_depth, n_top_k=n_top_k,
-                                   n_tree=n_tree, p_min=p_min, adaptive=adaptive, n_lookup=n_lookup)
+        self.tree = with_overrides(DEFAULT_TREE, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
+                                   adaptive=adaptive, n_lookup=n_lookup)
         self._lock = threading.Lock()
 
     # --- facts --------------------------------------------------------------------------
@@ -148,12 +145,12 @@ class Engine:
 
     @staticmethod
     def _stream_kw(kw: dict) -> dict:
-        names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft", *CPU_TREE)
+        names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft", *DEFAULT_TREE)
         unknown = set(kw) - set(names)
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
         defaults = dict(max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=(), stop_token_ids=(),
-                        draft=True, **dict.fromkeys(CPU_TREE))
+                        draft=True, **dict.fromkeys(DEFAULT_TREE))
         defaults.update(kw)
         return defaults
 
@@ -163,7 +160,7 @@ class Engine:
             raise ValueError("empty prompt")
         if isinstance(stop, str):
             stop = [stop]
-        tree = with_overrides(self.tree, **tree)  # the tree options (CPU_TREE's keys) given, else the engine's
+        tree = with_overrides(self.tree, **tree)  # the tree options (DEFAULT_TREE's keys) given, else the engine's
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text_parts: list[str] = []
         pieces: queue.Queue = queue.Queue()
@@ -182,12 +179,15 @@ class Engine:
             pieces.put(new)
             return True
 
+        gp = _core.GenParams()
+        for name, value in tree.items():
+            setattr(gp, name, value)
+        gp.draft, gp.temperature, gp.top_p, gp.top_k = bool(draft), float(temperature), float(top_p), int(top_k)
+        gp.seed, gp.max_tokens, gp.stop_tokens = int(seed), int(max_tokens), [int(t) for t in stop_token_ids]
+
         def work():
             try:
-                state["result"] = self._core.generate(
-                    ids, tree["n_depth"], tree["n_top_k"], tree["n_tree"], bool(draft), float(temperature),
-                    float(top_p), int(top_k), int(seed), int(max_tokens), list(stop_token_ids), on_tokens,
-                    float(tree["p_min"]), bool(tree["adaptive"]), int(tree["n_lookup"]))
+                state["result"] = self._core.generate(ids, gp, on_tokens)
             except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
                 state["error"] = e
             finally:

@@ -22,7 +22,7 @@ from tiny_gguf import TinySpec, write_tiny_llama
 EXACT = dict(n_ctx=256, n_threads=1, flash_attn=0, kv_f32=True)
 N, ALPHA = 4000, 1e-3
 PROMPT = "the tree of code"
-TREE = dict(n_depth=3, n_top_k=3, n_tree=6)
+TREE = dict(n_depth=3, n_top_k=3, n_tree=6, adaptive=False)  # a fixed tree every round
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +105,10 @@ def chi_square_p(samples: list[tuple[int, int]], exact: dict) -> float:
 
 
 def draw(model: str, temperature: float, top_p: float, top_k: int, broken: bool = False, prompt: str | list[int] = PROMPT,
-         tree: dict = TREE, stats: list | None = None) -> list[tuple[int, int]]:
+         tree: dict = TREE, stats: list | None = None, forced: list[str] = ()) -> list[tuple[int, int]]:
     eng = Engine(model, draft=None, **EXACT)
     eng._core.set_draft_oracle(Oracle(model))
+    eng._core.set_forced_kinds(list(forced))
     eng._core.set_broken_acceptance(broken)
     out = []
     for seed in range(N):
@@ -149,7 +150,7 @@ def repeating(peaked) -> list[int]:
     return ids + greedy[:m]
 
 
-LOOKUP_TREE = dict(n_depth=3, n_top_k=1, n_tree=6, n_lookup=6)  # lookup chains beside the oracle's best path
+LOOKUP_TREE = dict(n_depth=3, n_top_k=1, n_tree=6, n_lookup=6, adaptive=False)  # lookup chains beside the oracle's best path
 
 
 @pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 1.0, 5)])
@@ -158,4 +159,24 @@ def test_prompt_lookup_drafts_keep_the_distribution(peaked, repeating, temperatu
     st: list = []
     p = chi_square_p(draw(peaked, temperature, top_p, top_k, prompt=repeating, tree=LOOKUP_TREE, stats=st), exact)
     assert sum(s.n_lookup_drafted for s in st) > N  # lookup drafts were verified, not just the oracle's
+    assert p > ALPHA, f"p = {p:.2e}"
+
+
+POLICY_TREE = dict(n_depth=3, n_top_k=2, n_tree=8, n_lookup=8, adaptive=True)
+
+
+@pytest.mark.parametrize("forced", [["lookup"], ["head"], []], ids=["lookup-only", "head", "policy"])
+def test_rounds_the_policy_chooses_keep_the_distribution(peaked, repeating, forced):
+    """A prompt-lookup chain alone, a head tree sized by the policy's calibrated estimates, and
+    whatever the policy picks from its own timings: the same distribution."""
+    temperature, top_p, top_k = 0.7, 0.9, 0
+    exact = exact_pairs(peaked, repeating, temperature, top_p, top_k)
+    st: list = []
+    p = chi_square_p(draw(peaked, temperature, top_p, top_k, prompt=repeating, tree=POLICY_TREE, stats=st,
+                          forced=forced), exact)
+    kinds = {k: sum(s.rounds_by_kind[k] for s in st) for k in ("plain", "lookup", "head")}
+    if forced:
+        assert kinds[forced[0]] == N, kinds
+    if forced == ["lookup"]:
+        assert sum(s.n_lookup_drafted for s in st) > N // 2  # chains were verified
     assert p > ALPHA, f"p = {p:.2e}"

@@ -7,7 +7,9 @@
 
 #include "accept.h"
 #include "common.h"
+#include "budget.h"
 #include "draft_head.h"
+#include "lookup.h"
 #include "sampling.h"
 #include "target.h"
 #include "tree.h"
@@ -21,9 +23,11 @@ namespace pyeagle {
 namespace {
 using clock_t_ = std::chrono::steady_clock;
 double since(clock_t_::time_point t0) { return std::chrono::duration<double>(clock_t_::now() - t0).count(); }
+constexpr int32_t lookup_n_chains = 4;  // most prompt-lookup chains in one tree
 }  // namespace
 
-engine::engine(const engine_params & params) : params_(params) {
+
+engine::engine(const engine_params & params) : params_(params), rs_(std::make_unique<round_state>()) {
     target_params tp;
     tp.path = params.target_path;
     tp.n_ctx = params.n_ctx;
@@ -72,7 +76,7 @@ llama_token choose(const float * logits, int32_t n_vocab, const sampling_params 
 }  // namespace
 
 // Head prefix pass: the pairs (feature t, token t+1) for t in [head.n_committed, n_past), where
-// token n_past is the root.
+// token n_past is the root. After rounds the head sat out this catches up in one batched pass.
 void engine::sync_head(int32_t root) {
     const int32_t n_past = target_->n_past(), t0 = head_->n_committed(), nf = head_->n_feature();
     std::vector<llama_token> next(n_past - t0);
@@ -81,14 +85,16 @@ void engine::sync_head(int32_t root) {
     head_->prefix(next.data(), features_.data() + (size_t) t0 * nf, t0, n_past - t0);
 }
 
-// EAGLE-2 expansion + rerank (REFERENCE.md section 2) into `out`, with at most gp.n_tree drafts.
-void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st) {
-    const auto t0 = clock_t_::now();
+// EAGLE-2 expansion (REFERENCE.md section 2) into the candidates of `tb`. Scores are the head's path
+// log-probabilities or, `calibrated`, the log of each path's estimated acceptance (the policy's
+// table, by depth and the head's probability); then expansion also stops where a frontier node is
+// too unlikely for any child of it to pay for its place in the verify pass.
+void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated, tree_builder & tb) {
+    round_state & rs = *rs_;
     const int32_t n_past = target_->n_past(), k = gp.n_top_k;
     const float min_score = gp.p_min > 0.0f ? std::log(gp.p_min) : -INFINITY;
-    tree_builder tb;
-    tb.reset(root);
     std::vector<std::pair<float, int32_t>> top;
+    std::vector<float> q;
     auto cand_context = [&](int32_t c) {  // oracle hook: committed tokens + root + path to c
         std::vector<int32_t> path;
         for (; c >= 0; c = tb.candidates()[c].parent) path.push_back(tb.candidates()[c].token);
@@ -104,9 +110,16 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
             top_k_logprobs(logits, head_->n_draft_vocab(), k, top);
             for (auto & e : top) e.second = head_->to_target(e.second);
         }
-        tb.add_children(parent, top);
+        const int32_t depth = parent < 0 ? 1 : tb.candidates()[parent].depth + 1;
+        q.resize(top.size());
+        for (size_t i = 0; i < top.size(); ++i) {
+            q[i] = std::exp(top[i].first);
+            if (calibrated) top[i].first = (float) std::log(rs.acc.head(depth, q[i]));
+        }
+        tb.add_children(parent, top, &q);
     };
 
+    auto t0 = clock_t_::now();
     std::vector<float> y;          // [expanded candidates, n_embd]: each expanded candidate's head output
     std::vector<int32_t> y_row;    // candidate -> row in y (-1: none)
     std::vector<int32_t> cell;     // candidate -> head KV cell
@@ -118,23 +131,33 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
     } else {
         add(-1, nullptr);
     }
+    rs.cost.observe_probe(since(t0));
+    std::vector<float> scores;
     for (int32_t depth = 1; depth < gp.n_depth; ++depth) {
         // children of a candidate never outscore it: stop once no frontier node can enter the best n_tree
         std::vector<int32_t> frontier = tb.best_at_depth(depth, k);
         // below the floor a node's children are too: they are never verified, so never expanded
         while (!frontier.empty() && tb.candidates()[frontier.back()].score < min_score) frontier.pop_back();
-        if (frontier.empty()) break;
         const auto & cands = tb.candidates();
-        if ((int32_t) cands.size() >= gp.n_tree) {
-            std::vector<float> scores;
-            for (const auto & c : cands) scores.push_back(c.score);
-            std::nth_element(scores.begin(), scores.begin() + (gp.n_tree - 1), scores.end(), std::greater<float>());
-            if (cands[frontier[0]].score < scores[gp.n_tree - 1]) break;
+        scores.clear();
+        for (const auto & c : cands) scores.push_back(std::exp(c.score));
+        std::sort(scores.begin(), scores.end(), std::greater<float>());
+        if (calibrated && rs.cost.has_curve()) {
+            // a child (estimate <= its parent's) enters the tree only if it raises the round's rate
+            // expect / seconds, i.e. if its estimate beats rate * (the verify time one more node adds)
+            const size_choice now = best_size(std::vector<double>(scores.begin(), scores.end()), since(t0),
+                                              rs.cost, gp.n_tree);
+            const double extra = rs.cost.verify(now.m + 2) - rs.cost.verify(now.m + 1);
+            const double floor = now.rate() * extra;
+            while (!frontier.empty() && std::exp(cands[frontier.back()].score) < floor) frontier.pop_back();
         }
+        if (frontier.empty()) break;
+        if ((int32_t) scores.size() >= gp.n_tree && std::exp(cands[frontier[0]].score) < scores[gp.n_tree - 1]) break;
         if (oracle_) {
             for (int32_t f : frontier) add(f, nullptr);
             continue;
         }
+        const auto t_step = clock_t_::now();
         const int32_t n = (int32_t) frontier.size(), h = head_->n_embd();
         std::vector<llama_token> tok(n);
         std::vector<float> in((size_t) n * h);
@@ -157,117 +180,104 @@ void engine::draft_round(int32_t root, const gen_params & gp, draft_tree & out, 
             y.insert(y.end(), head_->y(i), head_->y(i) + h);
         }
         for (int32_t i = 0; i < n; ++i) add(frontier[i], head_->logits(i));
+        rs.cost.observe_step(n, since(t_step));
     }
-    lookup_chains_.clear();
-    if (gp.n_lookup > 0) {
-        // more chains, and chains scored more generously, only in bigger trees: with few places a
-        // chain that misses displaces a better head draft (measured in docs/BENCHMARKS.md)
-        const int32_t n_chains = std::clamp(gp.n_tree / 15, 1, lookup_n_chains);
-        add_lookup(root, std::min(gp.n_lookup, gp.n_tree), n_chains, n_chains == 1, tb);
+}
+
+// The round policy (budget.h). Prompt lookup is proposed first (microseconds); the best head-free
+// option is a plain step or the lookup chain cut where (1 + expected accepted) / verify time peaks.
+// The head runs only if head_gate expects it to pay here; its tree (with the lookup chains joined)
+// is then cut the same way, with the drafting time already spent counted in. With the policy off
+// (gp.adaptive false) every round verifies the head's n_tree best nodes.
+round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st) {
+    round_state & rs = *rs_;
+    const auto t0 = clock_t_::now();
+    const float min_score = gp.p_min > 0.0f ? std::log(gp.p_min) : -INFINITY;
+    const bool policy = gp.adaptive && rs.cost.has_curve();
+    const bool has_head = head_ || oracle_;
+    // more chains only in bigger trees: with few places a chain that misses displaces a better draft
+    const int32_t n_chains = std::clamp(gp.n_tree / 15, 1, lookup_n_chains);
+    const int32_t n_len = std::min(gp.n_lookup, gp.n_tree);
+    if (n_len > 0) {
+        std::vector<llama_token> ctx(target_->tokens().begin(), target_->tokens().end());
+        ctx.push_back(root);
+        rs.lookup.propose(ctx, n_len, n_chains, rs.acc);
+    } else {
+        rs.lookup.propose({}, 0, 0, rs.acc);
     }
-    int32_t m = gp.n_tree;
-    if (gp.adaptive && !verify_cost_.empty()) {
-        // the best m-node tree holds the m best-scoring candidates (a child never outscores its
-        // parent); exp(score) estimates a node's chance to be accepted (EAGLE-2's observation)
-        std::vector<float> sc;
-        for (const auto & c : tb.candidates()) if (c.score >= min_score) sc.push_back(c.score);
-        std::sort(sc.begin(), sc.end(), std::greater<float>());
-        const double t_draft = since(t0);
-        double expect = 1.0, best = expect / (t_draft + verify_cost(1));
-        m = 0;
-        for (int32_t i = 0; i < (int32_t) sc.size() && i < gp.n_tree; ++i) {
-            expect += std::exp((double) sc[i]);
-            const double rate = expect / (t_draft + verify_cost(i + 2));
-            if (rate > best) { best = rate; m = i + 1; }
+
+    round_kind kind = has_head ? round_kind::head : round_kind::plain;
+    size_choice alone;  // the best head-free option: m = 0 is a plain step
+    if (policy) {
+        if (rs.lookup.n_chains() > 0) alone = best_size(rs.lookup.accept(0), 0.0, rs.cost, n_len);
+        else alone = best_size({}, 0.0, rs.cost, 0);
+        const bool lookup_pays = alone.m > 0;
+        kind = !has_head || !rs.gate.run(lookup_pays) ? (lookup_pays ? round_kind::lookup : round_kind::plain)
+                                                      : round_kind::head;
+    }
+    if (!forced_.empty()) {
+        kind = forced_[n_forced_++ % forced_.size()];
+        if (kind == round_kind::head && !has_head) kind = round_kind::plain;
+        if (kind == round_kind::lookup) alone.m = rs.lookup.n_chains() > 0 ? n_len : 0;
+    }
+
+    tree_builder tb;
+    tb.reset(root);
+    int32_t m = 0;
+    if (kind == round_kind::head) {
+        grow_head_tree(root, gp, policy, tb);
+        rs.lookup.add_to(tb, n_chains, n_len);
+        m = gp.n_tree;
+        if (policy) {
+            std::vector<double> a;
+            for (const auto & c : tb.candidates()) if (c.score >= min_score) a.push_back(std::exp((double) c.score));
+            std::sort(a.begin(), a.end(), std::greater<double>());
+            const size_choice with_head = best_size(a, since(t0), rs.cost, gp.n_tree);
+            m = with_head.m;
+            rs.gate.begin(alone.m > 0, alone.expect, alone.seconds);
         }
+    } else if (kind == round_kind::lookup) {
+        rs.lookup.add_to(tb, 1, alone.m);
+        m = alone.m;
     }
     out = tb.rerank(m, min_score);
-    if (!lookup_chains_.empty()) {  // chain steps: candidate index -> tree node (-1: not kept)
-        std::vector<int32_t> node_of(tb.candidates().size(), -1);
-        for (int32_t i = 1; i < out.size(); ++i) node_of[out.cand[i]] = i;
-        for (auto & c : lookup_chains_) {
-            for (size_t j = 0; j < c.nodes.size(); ++j) {
-                c.nodes[j] = node_of[c.nodes[j]];
-                if (c.nodes[j] >= 0 && c.added[j]) st.n_lookup_drafted++;
-            }
-        }
-    }
+    rs.lookup.place(out, st);
     st.n_drafted += out.size() - 1;
     st.t_draft += since(t0);
+    if (trace_on_) trace_.push_back({target_->n_past(), kind, out.token, out.parent});
+    return kind;
 }
 
-// The prompt-lookup chains join the candidates. Their steps score like a head's path log-probability,
-// an estimate of the log chance that the step is accepted, from what this generation measured for
-// chains of the same match length and rank (Laplace prior 1/2): the first step at log(rate of first
-// steps), each further one adds log(rate of further steps given the one before was accepted).
-// Chains either copy a real repeat and run long, or are wrong at once: the two rates differ a lot.
-// `by_streak`: the first step's rate is the one measured after rounds like the last (that did or
-// did not accept a copied step): inside a repeat it is high, outside it low.
-void engine::add_lookup(int32_t root, int32_t n_len, int32_t n_chains, bool by_streak, tree_builder & tb) {
-    std::vector<llama_token> ctx(target_->tokens().begin(), target_->tokens().end());
-    ctx.push_back(root);
-    auto log_rate = [](const lookup_count & c) { return (float) std::log((c.hit + 1.0) / (c.tried + 2.0)); };
-    const std::vector<lookup_draft> drafts = prompt_lookup(ctx, lookup_n_max, n_len, n_chains);
-    for (size_t i = 0; i < drafts.size(); ++i) {  // i: the chain's rank
-        lookup_rates & r = lookup_[drafts[i].n_match][i > 0];
-        const float first = log_rate(by_streak ? r.first_after[lookup_streak_] : r.first), next = log_rate(r.next);
-        std::vector<float> scores(drafts[i].tokens.size());
-        for (size_t j = 0; j < scores.size(); ++j) scores[j] = first + next * (float) j;
-        lookup_chain c{{}, {}, &r};
-        c.nodes = tb.add_path(drafts[i].tokens, scores, c.added);
-        lookup_chains_.push_back(std::move(c));
+// After acceptance: each verified head draft whose parent was accepted is a try for its depth and
+// probability bucket.
+void engine::count_head(const draft_tree & t, const std::vector<int32_t> & path) {
+    std::vector<char> on_path(t.size(), 0);
+    for (int32_t node : path) on_path[node] = 1;
+    for (int32_t i = 1; i < t.size(); ++i) {
+        if (t.q[i] >= 0 && on_path[t.parent[i]]) rs_->acc.count_head(t.depth[i], t.q[i], on_path[i]);
     }
 }
 
-// After acceptance: each verified chain step whose parent was accepted is a try; count the hits.
-void engine::score_lookup(const std::vector<int32_t> & path, gen_stats & st) {
-    const bool after = lookup_streak_;
-    lookup_streak_ = false;
-    for (const auto & c : lookup_chains_) {
-        lookup_rates & r = *c.rates;
-        for (size_t j = 0; j < c.nodes.size() && c.nodes[j] >= 0; ++j) {
-            const bool hit = path.size() > j + 1 && path[j + 1] == c.nodes[j];
-            auto count = [hit](lookup_count & n) { n.tried++; n.hit += hit; };
-            count(j == 0 ? r.first : r.next);
-            if (j == 0) count(r.first_after[after]);
-            if (!hit) break;
-            lookup_streak_ = true;
-            if (c.added[j]) st.n_lookup_accepted++;
-        }
-    }
-}
-
-// One verify pass over n = 1, 2, 3, 4, 6, 8, ... tokens (a chain of `filler`), fastest of two,
-// on the current context; the tree is discarded, the committed state is untouched.
+// One verify pass over n = 1, 2, 3, 4, 6, 8, 12, ... tokens (a chain of `filler`) on the current
+// context, after one untimed warm-up pass; the tree is discarded, the committed state is untouched.
 void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
-    verify_cost_.clear();
-    for (int32_t n = 1; n <= n_max; n = n < 4 ? n + 1 : n + n / 2) {
+    auto pass = [&](int32_t n) {
         std::vector<llama_token> tok(n, filler);
         std::vector<int32_t> parent(n);
         for (int32_t i = 0; i < n; ++i) parent[i] = i - 1;
-        double best = 1e30;
-        for (int rep = 0; rep < 2; ++rep) {
-            const auto t0 = clock_t_::now();
-            target_->verify(tok.data(), parent.data(), n);
-            best = std::min(best, since(t0));
-            target_->discard_tree();
-        }
-        verify_cost_.emplace_back(n, best);
-    }
+        const auto t0 = clock_t_::now();
+        target_->verify(tok.data(), parent.data(), n);
+        const double s = since(t0);
+        target_->discard_tree();
+        return s;
+    };
+    pass(1);
+    std::vector<std::pair<int32_t, double>> grid;
+    for (int32_t n = 1; n <= n_max; n = n < 4 ? n + 1 : n + n / 2) grid.emplace_back(n, pass(n));
+    rs_->cost.set_curve(std::move(grid), target_->n_past());
 }
 
-double engine::verify_cost(int32_t n) const {
-    const auto & c = verify_cost_;
-    if (n <= c.front().first) return c.front().second;
-    for (size_t i = 1; i < c.size(); ++i) {
-        if (n <= c[i].first) {
-            const double f = (double) (n - c[i - 1].first) / (c[i].first - c[i - 1].first);
-            return c[i - 1].second + f * (c[i].second - c[i - 1].second);
-        }
-    }
-    const auto & a = c[c.size() - 2], & b = c.back();  // beyond the measured range: extrapolate linearly
-    return b.second + (double) (n - b.first) * (b.second - a.second) / (b.first - a.first);
-}
+std::vector<std::pair<int32_t, double>> engine::verify_curve() const { return rs_->cost.grid(); }
 
 gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_params & gp, const on_tokens & cb) {
     if (prompt.empty()) throw std::invalid_argument("generate: empty prompt");
@@ -282,8 +292,8 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
     if (gp.n_lookup < 0) throw std::invalid_argument("generate: need n_lookup >= 0");
     const auto t_start = clock_t_::now();
     cancel_.store(false);
-    for (auto & by_rank : lookup_) by_rank[0] = by_rank[1] = lookup_rates{};
-    lookup_streak_ = false;
+    rs_->lookup.clear_streak();
+    n_forced_ = 0;
     target_->clear_abort();
     const bool drafting = gp.draft && gp.n_tree > 0 && (head_ || oracle_);
     const int32_t nf = head_ ? head_->n_feature() : 0;
@@ -340,11 +350,19 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
 
     if (gp.max_tokens == 0) { res.stop_reason = "max_tokens"; st.t_total = since(t_start); return res; }
     llama_token root = choose(target_->last_logits(), target_->n_vocab(), sp, rng, scratch);
-    if (drafting && gp.adaptive && verify_cost_.empty()) {  // once per engine; counted as prefill time
-        t0 = clock_t_::now();
+    if (drafting && gp.adaptive) {
+        // the verify cost curve: measured once per engine, again when a tree needs more of it or the
+        // context has doubled (attention grows with it); counted as prefill time
+        const cost_model & cost = rs_->cost;
         const int32_t room = std::min(target_->n_batch(), target_->n_ctx() - target_->n_past());
-        if (room >= 2) measure_verify_cost(std::min(gp.n_tree + 1, room), root);
-        st.t_prefill += since(t0);
+        const int32_t n_want = std::min(gp.n_tree + 1, room), n_past = target_->n_past();
+        const bool stale = !cost.has_curve() || cost.n_max() < n_want
+                           || (n_past >= 2 * cost.measured_at() && n_past - cost.measured_at() >= 256);
+        if (stale && room >= 2) {
+            t0 = clock_t_::now();
+            measure_verify_cost(n_want, root);
+            st.t_prefill += since(t0);
+        }
     }
     bool go = emit(root);
     if (go && cb && !cb({root})) { res.stop_reason = "callback"; go = false; }
@@ -354,6 +372,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
         const int32_t n_past = target_->n_past();
         if (n_past + 1 > target_->n_ctx()) { res.stop_reason = "context_full"; break; }
         std::vector<int32_t> emitted;
+        round_kind kind = round_kind::plain;
         try {
             if (!drafting) {
                 t0 = clock_t_::now();
@@ -365,15 +384,19 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
             } else {
                 gen_params g = gp;
                 g.n_tree = std::min({gp.n_tree, target_->n_batch() - 1, target_->n_ctx() - n_past - 1});
-                draft_round(root, g, tree, st);
+                const auto t_round = clock_t_::now();
+                kind = plan_round(root, g, tree, st);
                 t0 = clock_t_::now();
                 target_->verify(tree.token.data(), tree.parent.data(), tree.size());
-                st.t_verify += since(t0);
+                const double t_verify = since(t0);
+                st.t_verify += t_verify;
+                rs_->cost.observe_verify(tree.size(), t_verify);
                 t0 = clock_t_::now();
                 auto logits = [&](int32_t i) { return target_->logits(i); };
                 accept_result acc = sp.temperature <= 0 ? accept_greedy(tree, logits, target_->n_vocab())
                                                         : accept_sampled(tree, logits, target_->n_vocab(), sp, rng, !broken_acceptance_);
-                score_lookup(acc.path, st);
+                rs_->lookup.score(acc.path, rs_->acc, st);
+                count_head(tree, acc.path);
                 target_->commit(acc.path);
                 for (int32_t node : acc.path) keep_features(node, 1);
                 for (size_t j = 1; j < acc.path.size(); ++j) emitted.push_back(tree.token[acc.path[j]]);
@@ -381,6 +404,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
                 st.accepted_hist.resize(std::max(st.accepted_hist.size(), acc.path.size()));
                 st.accepted_hist[acc.path.size() - 1]++;
                 st.t_accept += since(t0);
+                if (kind == round_kind::head) rs_->gate.end((int32_t) emitted.size(), since(t_round));
             }
         } catch (const std::runtime_error & e) {
             if (head_) head_->rollback();
@@ -388,6 +412,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
             throw;
         }
         st.n_passes++;
+        st.n_rounds_kind[(int) kind]++;
         // emit; a stop inside the accepted path cuts the KV back so that the last emitted token is the root
         const int32_t n_before = n_past;
         size_t j = 0;
@@ -401,6 +426,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
             if (head_) head_->truncate(std::min(head_->n_committed(), keep - 1));
             emitted.resize(j + 1);
         }
+        st.n_tokens_kind[(int) kind] += go ? (int32_t) emitted.size() : (int32_t) j + 1;
         root = emitted.back();
         if (cb && !cb(emitted) && go) { res.stop_reason = "callback"; go = false; }
     }

@@ -5,10 +5,14 @@
 
 namespace pyeagle {
 
-void tree_builder::add_children(int32_t parent, const std::vector<std::pair<float, int32_t>> & logp_token) {
+void tree_builder::add_children(int32_t parent, const std::vector<std::pair<float, int32_t>> & logp_token,
+                                const std::vector<float> * q) {
     const int32_t depth = parent < 0 ? 1 : cands_[parent].depth + 1;
     const float base = parent < 0 ? 0.0f : cands_[parent].score;
-    for (const auto & [logp, tok] : logp_token) cands_.push_back({tok, parent, depth, base + logp});
+    for (size_t i = 0; i < logp_token.size(); ++i) {
+        const auto & [logp, tok] = logp_token[i];
+        cands_.push_back({tok, parent, depth, base + logp, -1, q ? (*q)[i] : -1.0f});
+    }
 }
 
 std::vector<int32_t> tree_builder::best_at_depth(int32_t depth, int32_t k) const {
@@ -76,7 +80,7 @@ draft_tree tree_builder::rerank(int32_t m, float min_score) const {
     std::stable_sort(rank.begin(), rank.end(), [&](int32_t a, int32_t b) { return cands_[a].depth < cands_[b].depth; });
 
     draft_tree t;
-    t.token = {root_}; t.parent = {-1}; t.depth = {0}; t.score = {0.0f}; t.cand = {-1};
+    t.token = {root_}; t.parent = {-1}; t.depth = {0}; t.score = {0.0f}; t.cand = {-1}; t.q = {-1.0f};
     std::vector<int32_t> node_of(cands_.size(), -1);
     for (int32_t c : rank) {
         const candidate & x = cands_[c];
@@ -88,29 +92,9 @@ draft_tree tree_builder::rerank(int32_t m, float min_score) const {
         t.depth.push_back(x.depth);
         t.score.push_back(x.score);
         t.cand.push_back(c);
+        t.q.push_back(x.q);
     }
     return t;
-}
-
-std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & ctx, int32_t n_max, int32_t n_len,
-                                        int32_t n_chains) {
-    std::vector<lookup_draft> out;
-    const int32_t N = (int32_t) ctx.size();
-    for (int32_t n = std::min(n_max, N - 1); n >= 1; --n) {
-        for (int32_t s = N - n - 1; s >= 0; --s) {  // occurrences that end before the suffix, most recent first
-            if ((int32_t) out.size() >= n_chains) return out;
-            if (!std::equal(ctx.begin() + s, ctx.begin() + s + n, ctx.end() - n)) continue;
-            lookup_draft d;
-            d.n_match = n;
-            for (int32_t i = 0; i < n_len; ++i) {
-                const int32_t at = s + n + i;
-                d.tokens.push_back(at < N ? ctx[at] : d.tokens[at - N]);
-            }
-            const bool seen = std::any_of(out.begin(), out.end(), [&](const lookup_draft & o) { return o.tokens == d.tokens; });
-            if (!seen) out.push_back(std::move(d));
-        }
-    }
-    return out;
 }
 
 }  // namespace pyeagle

@@ -19,6 +19,7 @@ struct draft_tree {
     std::vector<int32_t>     depth;  // [n]
     std::vector<float>       score;  // [n] cumulative draft log-prob along the root path
     std::vector<int32_t>     cand;   // [n] index of the candidate each node came from (root: -1)
+    std::vector<float>       q;      // [n] the head's probability of the step given its parent (-1: not a head draft)
     int32_t size() const { return (int32_t) token.size(); }
 };
 
@@ -29,13 +30,16 @@ struct candidate {
     int32_t     depth;   // >= 1
     float       score;   // parent score + draft log-prob of token
     int32_t     row = -1;  // head KV cell of this candidate once expanded (-1: not expanded)
+    float       q = -1.0f; // the head's probability of the step given its parent (-1: not a head draft)
 };
 
 class tree_builder {
 public:
     void reset(llama_token root) { root_ = root; cands_.clear(); }
-    // Adds the children (token, logp) of candidate `parent` (-1: the root); scores accumulate.
-    void add_children(int32_t parent, const std::vector<std::pair<float, int32_t>> & logp_token);
+    // Adds the children (score increment, token) of candidate `parent` (-1: the root); scores
+    // accumulate. q: the head's probability of each child (for calibration), if they are head drafts.
+    void add_children(int32_t parent, const std::vector<std::pair<float, int32_t>> & logp_token,
+                      const std::vector<float> * q = nullptr);
     // The k best candidates at `depth` by score (ties: lower index): the next frontier.
     std::vector<int32_t> best_at_depth(int32_t depth, int32_t k) const;
     // The best m candidates overall (ties toward shallower nodes, which keeps the set connected:
@@ -58,16 +62,5 @@ private:
     llama_token root_ = 0;
     std::vector<candidate> cands_;
 };
-
-// Prompt lookup (n-gram copying): the tokens that followed earlier occurrences of the context's
-// last n_max..1 tokens, up to n_len of them, for at most n_chains distinct continuations: longest
-// match first, then most recent. Past the end of the context a copy goes on through its own
-// output, so a repeating cycle shorter than n_len is unrolled.
-struct lookup_draft {
-    std::vector<llama_token> tokens;
-    int32_t n_match = 0;  // length of the matched suffix
-};
-std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & context, int32_t n_max, int32_t n_len,
-                                        int32_t n_chains);
 
 }  // namespace pyeagle

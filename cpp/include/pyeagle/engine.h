@@ -16,6 +16,7 @@ class target;
 class draft_head;
 struct draft_tree;
 class tree_builder;
+struct round_state;
 
 struct engine_params {
     std::string target_path;
@@ -28,26 +29,24 @@ struct engine_params {
     bool    kv_f32       = false;
 };
 
+// How one generate() call decodes. The Python API builds one of these (pyeagle.GenParams).
 struct gen_params {
-    // draft tree (EAGLE-2): n_depth expansion steps of n_top_k per frontier node, n_tree nodes verified
-    int32_t  n_depth     = 6;
-    int32_t  n_top_k     = 4;
-    int32_t  n_tree      = 8;
-    // confidence floor: only drafts whose path probability under the head is >= p_min are
-    // verified (0: off). The tree then shrinks when the head is unsure and, within n_tree,
-    // grows deep when it is sure: a node is worth its verify cost only if likely accepted.
+    // draft tree caps (EAGLE-2): n_depth expansion steps of n_top_k per frontier node, n_tree nodes verified
+    int32_t  n_depth     = 8;
+    int32_t  n_top_k     = 8;
+    int32_t  n_tree      = 64;
+    // confidence floor: only drafts whose estimated acceptance is >= p_min are verified (0: off)
     float    p_min       = 0.0f;
-    // cost-aware tree size: each round verifies the number of drafts m <= n_tree that maximises
-    // expected tokens per second, (1 + sum of the m best path probabilities) / (draft time +
-    // verify time of m + 1 tokens), with the verify cost curve measured once on this machine.
-    // m = 0 (a plain step) when no draft is likely enough to pay for its verification.
-    bool     adaptive    = false;
-    // prompt lookup: chains of up to n_lookup tokens copied from where the context's last 1-4 tokens
-    // occurred before join the tree (0: off); one chain per 15 places of n_tree, 1 to 4. They
-    // compete for the n_tree places with the head's drafts, scored by the acceptance rates measured
-    // so far in this generation; the target verifies them like any draft, so output is unchanged.
-    // Catches repeated text, which a one-layer head copies poorly.
-    int32_t  n_lookup    = 0;
+    // the round policy (budget.h): each round, before paying for drafting, choose a plain step, a
+    // prompt-lookup chain alone, or a head tree, and its size and depth within the caps above, to
+    // maximise expected tokens per second from this engine's measured verify cost curve, head cost
+    // and calibrated acceptance rates. false: every round drafts the head's n_tree best nodes.
+    bool     adaptive    = true;
+    // prompt lookup: chains of up to n_lookup tokens copied from where the context's last 1-16 tokens
+    // occurred before join the tree (0: off); with the policy off, one chain per 15 places of n_tree,
+    // 1 to 4. They compete for the tree's places with the head's drafts by their measured acceptance;
+    // the target verifies them like any draft, so output is unchanged.
+    int32_t  n_lookup    = 64;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
     float    temperature = 0.0f;
@@ -58,6 +57,9 @@ struct gen_params {
     std::vector<int32_t> stop_tokens;  // besides the model's end-of-generation tokens
 };
 
+// What a round did: a plain step, a prompt-lookup chain alone (the head sat out), or a head tree.
+enum class round_kind : int32_t { plain = 0, lookup = 1, head = 2 };
+
 struct gen_stats {
     int32_t n_prompt = 0, n_reused = 0;     // prompt tokens, of which reused from the KV
     int32_t n_tokens = 0;                   // generated
@@ -66,6 +68,8 @@ struct gen_stats {
     int64_t n_drafted = 0;                  // draft nodes verified, all rounds
     int64_t n_lookup_drafted = 0;           // of which only prompt lookup proposed
     int64_t n_lookup_accepted = 0;          // of those, accepted
+    int32_t n_rounds_kind[3] = {0, 0, 0};   // [round_kind] rounds
+    int32_t n_tokens_kind[3] = {0, 0, 0};   // [round_kind] tokens those rounds emitted
     double t_prefill = 0, t_draft = 0, t_verify = 0, t_accept = 0, t_total = 0;  // seconds
     // tokens per target pass after the prefill (whose pass produced the first token)
     double tau() const { return n_passes ? (double) (n_tokens - 1) / n_passes : 0.0; }
@@ -98,13 +102,23 @@ public:
     // can show it has the power to catch one
     void set_broken_acceptance(bool broken) { broken_acceptance_ = broken; }
 
+    // test hooks: force the kinds of the coming rounds (cycled; empty: the policy decides), and
+    // record each round's (n_past, kind, drafted tokens, their parents)
+    void set_forced_kinds(std::vector<round_kind> kinds) { forced_ = std::move(kinds); }
+    struct round_trace { int32_t n_past; round_kind kind; std::vector<int32_t> token, parent; };
+    void set_trace(bool on) { trace_on_ = on; trace_.clear(); }
+    const std::vector<round_trace> & trace() const { return trace_; }
+    // the policy's verify cost curve as it stands: (tokens, seconds) at the measured grid points
+    std::vector<std::pair<int32_t, double>> verify_curve() const;
+    const round_state & policy_state() const { return *rs_; }
+
 private:
     void sync_head(int32_t root);
-    void draft_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st);
+    // one round's draft tree into `out`; returns what kind of round it is
+    round_kind plan_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st);
+    void grow_head_tree(int32_t root, const gen_params & gp, bool calibrated, tree_builder & tb);
+    void count_head(const draft_tree & t, const std::vector<int32_t> & path);
     void measure_verify_cost(int32_t n_max, int32_t filler);
-    double verify_cost(int32_t n) const;  // seconds of one verify of n tokens (interpolated)
-    void add_lookup(int32_t root, int32_t n_len, int32_t n_chains, bool by_streak, tree_builder & tb);
-    void score_lookup(const std::vector<int32_t> & path, gen_stats & st);
 
     engine_params params_;
     std::unique_ptr<target> target_;
@@ -113,19 +127,13 @@ private:
     std::atomic<bool> cancel_{false};
     draft_oracle oracle_;
     bool broken_acceptance_ = false;
-    std::vector<std::pair<int32_t, double>> verify_cost_;  // (tokens, seconds), measured once
-    // prompt lookup, per generate(): verified and accepted chain steps by match length (1..4) and
-    // rank (the first chain or a later one); first steps also split by whether the round before
-    // accepted a copied step (lookup_streak_). Per round, each chain's steps as candidates, then
-    // as tree nodes (-1: not kept), whether each step was new (not merged into a head draft or an
-    // earlier chain), and the rates it counts toward.
-    static constexpr int32_t lookup_n_max = 4, lookup_n_chains = 4;
-    struct lookup_count { int64_t tried = 0, hit = 0; };
-    struct lookup_rates { lookup_count first, next, first_after[2]; };
-    lookup_rates lookup_[lookup_n_max + 1][2];
-    bool lookup_streak_ = false;
-    struct lookup_chain { std::vector<int32_t> nodes; std::vector<bool> added; lookup_rates * rates; };
-    std::vector<lookup_chain> lookup_chains_;
+    // measured by this engine and kept across generate() calls: what a round costs here, how
+    // often each kind of draft is accepted, whether the head pays
+    std::unique_ptr<round_state> rs_;  // cost_model, acceptance, head_gate, lookup_source (budget.h, lookup.h)
+    std::vector<round_kind> forced_;
+    size_t n_forced_ = 0;
+    bool trace_on_ = false;
+    std::vector<round_trace> trace_;
 };
 
 }  // namespace pyeagle

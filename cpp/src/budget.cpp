@@ -1,0 +1,137 @@
+#include "budget.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace pyeagle {
+
+namespace {
+constexpr double ema = 0.1;  // weight of one new observation in the running cost estimates
+}  // namespace
+
+// --- cost_model ---------------------------------------------------------------------------------
+
+void cost_model::set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t n_past) {
+    grid_ = std::move(grid);
+    measured_at_ = n_past;
+}
+
+double cost_model::verify(int32_t n) const {
+    const auto & c = grid_;
+    if (c.empty()) return 0;
+    if (n <= c.front().first) return c.front().second;
+    for (size_t i = 1; i < c.size(); ++i) {
+        if (n <= c[i].first) {
+            const double f = (double) (n - c[i - 1].first) / (c[i].first - c[i - 1].first);
+            return c[i - 1].second + f * (c[i].second - c[i - 1].second);
+        }
+    }
+    if (c.size() < 2) return c.back().second * n / c.back().first;
+    const auto & a = c[c.size() - 2], & b = c.back();  // beyond the grid: extrapolate linearly
+    return b.second + (double) (n - b.first) * (b.second - a.second) / (b.first - a.first);
+}
+
+void cost_model::observe_verify(int32_t n, double seconds) {
+    if (grid_.empty() || seconds <= 0) return;
+    // one slow pass (the machine busy for a moment) moves the curve by at most ema
+    const double r = std::clamp(seconds / verify(n), 0.5, 2.0);
+    size_t hi = 0;
+    while (hi + 1 < grid_.size() && grid_[hi].first < n) ++hi;
+    if (hi == 0 || grid_[hi].first <= n) {
+        grid_[hi].second *= 1 + ema * (r - 1);
+        return;
+    }
+    const double f = (double) (n - grid_[hi - 1].first) / (grid_[hi].first - grid_[hi - 1].first);
+    grid_[hi - 1].second *= 1 + ema * (1 - f) * (r - 1);
+    grid_[hi].second *= 1 + ema * f * (r - 1);
+}
+
+void cost_model::observe_probe(double seconds) {
+    probe_ = probe_ > 0 ? probe_ + ema * (seconds - probe_) : seconds;
+}
+
+double cost_model::step(int32_t n_rows) const {
+    n_rows = std::clamp(n_rows, 1, (int32_t) step_.size() - 1);
+    if (step_[n_rows] > 0) return step_[n_rows];
+    // nearest row count seen, scaled by rows + 1 (a fixed part, then per row)
+    for (int32_t d = 1; d < (int32_t) step_.size(); ++d) {
+        for (int32_t m : {n_rows - d, n_rows + d}) {
+            if (m >= 1 && m < (int32_t) step_.size() && step_[m] > 0) return step_[m] * (n_rows + 1) / (m + 1);
+        }
+    }
+    return probe_;  // no expansion step seen yet: about one probe
+}
+
+void cost_model::observe_step(int32_t n_rows, double seconds) {
+    n_rows = std::clamp(n_rows, 1, (int32_t) step_.size() - 1);
+    double & s = step_[n_rows];
+    s = s > 0 ? s + ema * (seconds - s) : seconds;
+}
+
+// --- acceptance ---------------------------------------------------------------------------------
+
+int32_t acceptance::q_bucket(double q) { return std::clamp((int32_t) (q * n_q), 0, n_q - 1); }
+
+int32_t acceptance::match_bucket(int32_t n_match) {
+    if (n_match <= 4) return std::max(n_match, 1) - 1;
+    return n_match < 8 ? 4 : n_match < 16 ? 5 : 6;
+}
+
+double acceptance::head(int32_t depth, double q) const {
+    return head_[std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].p(q, 3.0);
+}
+
+void acceptance::count_head(int32_t depth, double q, bool hit) {
+    head_[std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].add(hit);
+}
+
+// Priors (worth two tries each) until this engine has measured: inside a repeat copies are usually
+// right; outside one, the longer the match the likelier.
+double acceptance::lookup_first(int32_t n_match, bool streak) const {
+    const int32_t b = match_bucket(n_match);
+    return first_[b][streak].p(streak ? 0.7 : std::min(0.15 + 0.1 * b, 0.7));
+}
+
+double acceptance::lookup_next(int32_t n_match) const { return next_[match_bucket(n_match)].p(0.8); }
+
+void acceptance::count_lookup(int32_t n_match, bool streak, int32_t step, bool hit) {
+    const int32_t b = match_bucket(n_match);
+    (step == 0 ? first_[b][streak] : next_[b]).add(hit);
+}
+
+// --- decisions ----------------------------------------------------------------------------------
+
+size_choice best_size(const std::vector<double> & a_desc, double sunk, const cost_model & cost, int32_t m_max) {
+    size_choice best{0, 1.0, sunk + cost.verify(1)};
+    double expect = 1.0;
+    const int32_t n = std::min<int32_t>((int32_t) a_desc.size(), m_max);
+    for (int32_t m = 1; m <= n; ++m) {
+        expect += a_desc[m - 1];
+        const size_choice c{m, expect, sunk + cost.verify(m + 1)};
+        if (c.rate() > best.rate()) best = c;
+    }
+    return best;
+}
+
+bool head_gate::run(bool lookup_pays) {
+    if (gain_[lookup_pays] > 0) return true;
+    if (++skipped_[lookup_pays] < explore) return false;
+    skipped_[lookup_pays] = 0;
+    return true;
+}
+
+void head_gate::begin(bool lookup_pays, double alone_expect, double alone_seconds) {
+    open_ = alone_seconds > 0;
+    lookup_pays_ = lookup_pays;
+    alone_expect_ = alone_expect;
+    alone_seconds_ = alone_seconds;
+}
+
+void head_gate::end(int32_t tokens, double seconds) {
+    if (!open_) return;
+    open_ = false;
+    const double gain = tokens - alone_expect_ * seconds / alone_seconds_;
+    gain_[lookup_pays_] += 0.2 * (gain - gain_[lookup_pays_]);
+}
+
+}  // namespace pyeagle

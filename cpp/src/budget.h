@@ -1,0 +1,106 @@
+// The round policy (docs/ARCHITECTURE.md, "The round policy"): before a round pays for any
+// drafting, choose what it does, a plain step, a prompt-lookup chain alone, or a head tree (with
+// lookup), and how big, to maximise expected tokens per second.
+//
+// Both inputs are measured by this engine, never assumed:
+//   cost_model   the verify cost of every n up to the largest tree (measured once, then moved by
+//                every observed pass and re-measured when the context has doubled), the head's
+//                probe (catch-up prefix + root logits) and expansion steps by row count
+//   acceptance   how often drafts of each kind were accepted given their parent was: head drafts
+//                by depth and the head's own probability, lookup steps by match length and streak
+// No output depends on them: the target verifies whatever is drafted, so the policy moves only speed.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace pyeagle {
+
+// Tries and hits of one kind of draft step. p() blends in a prior worth `weight` tries.
+struct rate_count {
+    double tried = 0, hit = 0;
+    void add(bool h) { tried += 1; hit += h ? 1 : 0; }
+    double p(double prior, double weight = 2.0) const { return (hit + prior * weight) / (tried + weight); }
+};
+
+class cost_model {
+public:
+    // grid of (tokens, seconds), n ascending, measured at a context of n_past tokens
+    void set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t n_past);
+    bool has_curve() const { return !grid_.empty(); }
+    int32_t n_max() const { return grid_.empty() ? 0 : grid_.back().first; }
+    int32_t measured_at() const { return measured_at_; }
+    const std::vector<std::pair<int32_t, double>> & grid() const { return grid_; }
+    double verify(int32_t n) const;  // seconds of one pass over n tokens (interpolated)
+    // an observed pass of n tokens moves the grid points beside n toward it
+    void observe_verify(int32_t n, double seconds);
+
+    double probe() const { return probe_; }  // head catch-up prefix + root logits, seconds
+    void observe_probe(double seconds);
+    double step(int32_t n_rows) const;       // one head expansion step over n rows, seconds
+    void observe_step(int32_t n_rows, double seconds);
+
+private:
+    std::vector<std::pair<int32_t, double>> grid_;
+    int32_t measured_at_ = 0;
+    double probe_ = 0;                         // 0: never seen
+    std::array<double, 65> step_{};            // [rows] EMA seconds, 0: never seen
+};
+
+// Calibrated acceptance: the chance that a draft step is accepted given that its parent was.
+class acceptance {
+public:
+    static constexpr int32_t n_depth = 8, n_q = 10, n_match = 7;
+    // head drafts: by depth (1.., the last bucket holds deeper ones) and the head's probability q of
+    // the step; the prior is q itself (EAGLE-2's observation that the head is roughly calibrated)
+    double head(int32_t depth, double q) const;
+    void count_head(int32_t depth, double q, bool hit);
+    // prompt-lookup steps: the first step of a chain by match length and by whether the round before
+    // accepted a copied step (inside a repeat or not); further steps by match length
+    static int32_t match_bucket(int32_t n_match);  // 1, 2, 3, 4, 5-7, 8-15, 16+ -> 0..6
+    double lookup_first(int32_t n_match, bool streak) const;
+    double lookup_next(int32_t n_match) const;
+    void count_lookup(int32_t n_match, bool streak, int32_t step, bool hit);
+
+    // the raw counts, for reports: [depth][q bucket], [match bucket][streak], [match bucket]
+    const auto & head_counts() const { return head_; }
+    const auto & first_counts() const { return first_; }
+    const auto & next_counts() const { return next_; }
+
+private:
+    static int32_t q_bucket(double q);
+    std::array<std::array<rate_count, n_q>, n_depth> head_{};
+    std::array<std::array<rate_count, 2>, n_match> first_{};
+    std::array<rate_count, n_match> next_{};
+};
+
+// The best prefix of a list of drafts sorted by estimated acceptance a (each the chance that the
+// draft and all its ancestors are accepted): m maximising (1 + a_1 + ... + a_m) / (sunk + verify(m + 1)).
+struct size_choice { int32_t m = 0; double expect = 1, seconds = 0; double rate() const { return expect / seconds; } };
+size_choice best_size(const std::vector<double> & a_desc, double sunk, const cost_model & cost, int32_t m_max);
+
+// Whether to pay for the head this round. The head's worth is learnt from the rounds it ran: the
+// tokens each such round emitted beyond what the best head-free option (plain or lookup) was
+// expected to give in the same time, averaged per situation (a lookup chain worth verifying or not).
+// Realised tokens, not estimates, so that a miscalibrated head cannot keep itself running. While
+// the average is negative the head sits out, except every `explore`-th round, to notice when it
+// pays again.
+class head_gate {
+public:
+    bool run(bool lookup_pays);
+    // a head round starts: what the head-free option would have given (tokens, seconds)
+    void begin(bool lookup_pays, double alone_expect, double alone_seconds);
+    // ... and ends: what it gave, and the whole round's time (drafting and verification)
+    void end(int32_t tokens, double seconds);
+
+private:
+    static constexpr int32_t explore = 8;
+    std::array<double, 2> gain_{{1.0, 1.0}};  // EMA of the gain; optimistic until measured
+    std::array<int32_t, 2> skipped_{};
+    bool open_ = false, lookup_pays_ = false;
+    double alone_expect_ = 0, alone_seconds_ = 0;
+};
+
+}  // namespace pyeagle
