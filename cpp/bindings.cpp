@@ -74,14 +74,15 @@ PYBIND11_MODULE(_core, m) {
           "n_len tokens, for at most n_chains distinct continuations, longest match first, then most recent "
           "(the engine's prompt-lookup drafts)");
     m.def("best_size", [](const std::vector<double> & a_desc, double sunk, std::vector<std::pair<int32_t, double>> curve,
-                          int32_t m_max) {
+                          int32_t m_max, double rate) {
               cost_model c;
               c.set_curve(std::move(curve), 0);
-              const size_choice b = best_size(a_desc, sunk, c, m_max);
+              const size_choice b = best_size(a_desc, sunk, c, m_max, rate);
               return py::make_tuple(b.m, b.expect, b.seconds);
-          }, py::arg("a_desc"), py::arg("sunk"), py::arg("curve"), py::arg("m_max"),
+          }, py::arg("a_desc"), py::arg("sunk"), py::arg("curve"), py::arg("m_max"), py::arg("rate"),
           "(m, expected tokens, seconds): the round policy's tree size for drafts with estimated acceptance "
-          "a_desc (descending), drafting time already spent, a verify cost curve [(tokens, seconds)]");
+          "a_desc (descending), drafting time already spent, a verify cost curve [(tokens, seconds)] and the "
+          "price of time (tokens per second)");
     m.def("check_gguf_file", &check_gguf_file, py::arg("path"), py::call_guard<py::gil_scoped_release>());
 
     py::class_<target>(m, "Target")
@@ -206,6 +207,9 @@ PYBIND11_MODULE(_core, m) {
             return py::dict(py::arg("plain") = s.n_tokens_kind[0], py::arg("lookup") = s.n_tokens_kind[1],
                             py::arg("head") = s.n_tokens_kind[2]);
         }, "tokens emitted by the rounds of each kind")
+        .def_property_readonly("time_by_kind", [](const gen_stats & s) {
+            return py::dict(py::arg("plain") = s.t_kind[0], py::arg("lookup") = s.t_kind[1], py::arg("head") = s.t_kind[2]);
+        }, "seconds the rounds of each kind took (drafting, verification, acceptance)")
         .def_readonly("t_prefill", &gen_stats::t_prefill)
         .def_readonly("t_draft", &gen_stats::t_draft)
         .def_readonly("t_verify", &gen_stats::t_verify)

@@ -10,7 +10,10 @@
                    decoding, the logit gap at every divergence, and the kernel-noise baseline
                    (how often batched teacher-forced scoring of the plain output flips its argmax).
   --peer           adds llama.cpp's own speculative decoding (llama-speculative-simple, n-gram
-                   drafts), built once from the llama.cpp that llama-cpp-python vendors
+                   drafts), built once from the llama.cpp that llama-cpp-python vendors, run right
+                   after each prompt's plain and EAGLE runs. Ratios (EAGLE / plain, spec / plain,
+                   EAGLE / spec) are geometric means of per-prompt ratios, with the worst prompt;
+                   the round policy's choices (plain / lookup-only / head rounds, tau of each).
   --tree-sweep     verify cost and tau / speedup per tree size, to choose the default from data
   --verify-curve   ms of one target pass over N tree nodes (one llama_decode, seq-id tree
                    encoding) next to a plain llama_decode of N tokens, for N = 1..64
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -34,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -109,9 +113,15 @@ class Agg:
     t_verify: float = 0.0
     hist: list[int] = field(default_factory=list)  # [k]: rounds that accepted k drafts
     lookup_accepted: int = 0  # accepted drafts that only prompt lookup proposed
+    kind_rounds: dict = field(default_factory=dict)  # round kind (plain / lookup / head) -> rounds
+    kind_tokens: dict = field(default_factory=dict)  # ... -> tokens those rounds emitted
 
     def add(self, s: Stats) -> None:
         self.lookup_accepted += s.n_lookup_accepted
+        for k, n in s.rounds_by_kind.items():
+            self.kind_rounds[k] = self.kind_rounds.get(k, 0) + n
+        for k, n in s.tokens_by_kind.items():
+            self.kind_tokens[k] = self.kind_tokens.get(k, 0) + n
         self.n_runs, self.tokens, self.passes = self.n_runs + 1, self.tokens + s.n_tokens, self.passes + s.n_passes
         self.t_decode += s.t_total - s.t_prefill
         self.t_draft += s.t_draft
@@ -156,6 +166,29 @@ class PromptRun:
     peer: dict | None = None            # llama-speculative-simple
 
 
+def gmean(xs: Sequence[float]) -> float | None:
+    """Geometric mean (None for no values): of per-prompt ratios, which a noisy machine biases less
+    than a ratio of sums, since each prompt's arms ran back to back."""
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def prompt_ratios(runs: Sequence[PromptRun]) -> dict[str, list[float]]:
+    """Per-prompt tok/s ratios: EAGLE / plain, llama.cpp's speculation / plain, EAGLE / llama.cpp's."""
+    out: dict[str, list[float]] = {"eagle": [], "peer": [], "eagle_peer": []}
+    for r in runs:
+        plain = r.plain.stats.tokens_per_s
+        eagle = r.eagle.stats.tokens_per_s if r.eagle else None
+        spec = r.peer["tokens_per_s"] if r.peer else None
+        if eagle and plain:
+            out["eagle"].append(eagle / plain)
+        if spec and plain:
+            out["peer"].append(spec / plain)
+        if eagle and spec:
+            out["eagle_peer"].append(eagle / spec)
+    return out
+
+
 def summarize(runs: Sequence[PromptRun], greedy: bool) -> dict:
     plain, eagle, llama, spec = Agg(), Agg(), Agg(), Agg()
     for r in runs:
@@ -170,8 +203,13 @@ def summarize(runs: Sequence[PromptRun], greedy: bool) -> dict:
                  "eagle_tokens": None, "eagle_tps": None, "speedup": None, "tau": None, "identical": None,
                  "rounds": None, "accepted_hist": None, "time_split": None, "draft_ms_per_round": None,
                  "verify_ms_per_round": None, "llama_cpp_python_tps": llama.tps if llama.n_runs else None,
-                 "peer_tps": spec.tps if spec.n_runs else None}
+                 "peer_tps": spec.tps if spec.n_runs else None, "kinds": None}
+    ratios = prompt_ratios(runs)
+    row.update(speedup_gm=gmean(ratios["eagle"]), speedup_worst=min(ratios["eagle"], default=None),
+               peer_speedup_gm=gmean(ratios["peer"]), eagle_vs_peer_gm=gmean(ratios["eagle_peer"]))
     if eagle.n_runs:
+        row["kinds"] = {k: {"rounds": n, "tau": eagle.kind_tokens.get(k, 0) / n if n else None}
+                        for k, n in eagle.kind_rounds.items()}
         row.update(eagle_tokens=eagle.tokens, eagle_tps=eagle.tps, speedup=eagle.tps / plain.tps if plain.tps else None,
                    tau=eagle.tau, rounds=eagle.passes, accepted_hist=eagle.hist, time_split=eagle.split(),
                    draft_ms_per_round=1000 * eagle.t_draft / max(eagle.passes, 1),
@@ -415,11 +453,31 @@ def fmt(x, spec: str = ".1f", none: str = "-") -> str:
 def speed_table(rows: dict[str, dict]) -> str:
     def line(name, r):
         vs_llama = r["eagle_tps"] / r["llama_cpp_python_tps"] if r["eagle_tps"] and r["llama_cpp_python_tps"] else None
-        return [name, str(r["prompts"]), fmt(r["plain_tps"]), fmt(r["eagle_tps"]), fmt(r["speedup"], ".2f"),
-                fmt(r["tau"], ".2f"), fmt(r["identical"], ".2f"), fmt(r["llama_cpp_python_tps"]), fmt(vs_llama, ".2f"),
-                fmt(r["peer_tps"])]
-    return table(["category", "prompts", "plain tok/s", "EAGLE tok/s", "speedup", "tau", "identical",
-                  "llama-cpp-python tok/s", "EAGLE / llama-cpp-python", "llama.cpp spec tok/s"],
+        return [name, str(r["prompts"]), fmt(r["plain_tps"]), fmt(r["eagle_tps"]), fmt(r["speedup_gm"], ".2f"),
+                fmt(r["speedup_worst"], ".2f"), fmt(r["tau"], ".2f"), fmt(r["peer_tps"]), fmt(r["peer_speedup_gm"], ".2f"),
+                fmt(r["eagle_vs_peer_gm"], ".2f"), fmt(r["identical"], ".2f"), fmt(r["llama_cpp_python_tps"]),
+                fmt(vs_llama, ".2f")]
+    return table(["category", "prompts", "plain tok/s", "EAGLE tok/s", "EAGLE / plain", "worst prompt", "tau",
+                  "llama.cpp spec tok/s", "spec / plain", "EAGLE / spec", "identical", "llama-cpp-python tok/s",
+                  "EAGLE / llama-cpp-python"],
+                 [line(c, r) for c, r in rows.items()])
+
+
+KINDS = ("plain", "lookup", "head")
+
+
+def kinds_table(rows: dict[str, dict]) -> str | None:
+    """The round policy's choices: the share of rounds of each kind, and each kind's tau."""
+    rows = {c: r for c, r in rows.items() if r.get("kinds")}
+    if not rows:
+        return None
+
+    def line(name, r):
+        k = r["kinds"]
+        n = max(sum(v["rounds"] for v in k.values()), 1)
+        return [name] + [f"{100 * k.get(x, {}).get('rounds', 0) / n:.0f}" for x in KINDS] + \
+               [fmt(k.get(x, {}).get("tau"), ".2f") for x in KINDS]
+    return table(["category"] + [f"{x} rounds %" for x in KINDS] + [f"{x} tau" for x in KINDS],
                  [line(c, r) for c, r in rows.items()])
 
 
@@ -571,8 +629,9 @@ def generate(eng: Engine, ids: list[int], args: argparse.Namespace, draft: bool,
 
 
 def run_prompts(eng: Engine, prompts: Sequence[BenchPrompt], ids: Sequence[list[int]],
-                args: argparse.Namespace) -> list[PromptRun]:
-    """Plain, then EAGLE, prompt by prompt (interleaved, so that drifting machine load hits both alike)."""
+                args: argparse.Namespace, spec: Callable[[int], dict] | None = None) -> list[PromptRun]:
+    """Plain, then EAGLE, then (spec(i)) llama.cpp's speculation, prompt by prompt: the arms of one
+    prompt run back to back, so that drifting machine load hits them alike."""
     warm = min(8, args.n)
     eng.reset()
     eng.generate(ids[0], max_tokens=warm, draft=False)
@@ -580,10 +639,12 @@ def run_prompts(eng: Engine, prompts: Sequence[BenchPrompt], ids: Sequence[list[
         eng.reset()
         eng.generate(ids[0], max_tokens=warm)
     runs = []
-    for p, x in zip(progress("plain + EAGLE", prompts), ids):
+    for i, (p, x) in enumerate(zip(progress("plain + EAGLE" + (" + llama.cpp spec" if spec else ""), prompts), ids)):
         run = PromptRun(p, x, generate(eng, x, args, draft=False))
         if eng.has_draft:
             run.eagle = generate(eng, x, args, draft=True)
+        if spec:
+            run.peer = spec(i)
         runs.append(run)
     eng.reset()
     return runs
@@ -597,6 +658,7 @@ def prompt_record(eng: Engine, r: PromptRun) -> dict:
         return {"n_tokens": s.n_tokens, "tokens_per_s": s.tokens_per_s, "tau": s.tau, "n_passes": s.n_passes,
                 "accepted_hist": list(s.accepted_hist), "t_prefill": s.t_prefill, "t_draft": s.t_draft,
                 "t_verify": s.t_verify, "t_accept": s.t_accept, "t_total": s.t_total, "stop_reason": o.stop_reason,
+                "rounds_by_kind": s.rounds_by_kind, "tokens_by_kind": s.tokens_by_kind, "time_by_kind": s.time_by_kind,
                 "text": o.text}
     rec = {"id": r.prompt.id, "category": r.prompt.category, "n_prompt": len(r.ids), "plain": out(r.plain),
            "eagle": out(r.eagle), "identical": (r.eagle.tokens == r.plain.tokens) if r.eagle else None,
@@ -646,7 +708,16 @@ def bench(args: argparse.Namespace) -> int:
         notes.append("No EAGLE head: " + ("none ships for the default model yet" if not args.model else "no -md given")
                      + "; EAGLE columns are empty (plain decoding and the outside baselines only).")
 
-    runs = run_prompts(eng, prompts, ids, args)
+    spec = None
+    if args.peer:
+        try:
+            exe = peer.build_speculative(lambda m: print(f"pyeagle.bench: {m}", file=sys.stderr, flush=True))
+            extra = shlex.split(args.peer_args)
+            spec = lambda i: peer.run_speculative(exe, model, texts[i], args.n, args.ctx_size,  # noqa: E731
+                                                  eng.target.n_threads, args.temp, args.seed, args.peer_spec_type, extra)
+        except peer.PeerError as e:
+            notes.append(f"llama.cpp speculative peer unavailable: {e}")
+    runs = run_prompts(eng, prompts, ids, args, spec)
     lossless = None
     if greedy and eng.has_draft:
         check_losslessness(eng, runs, eng.tree["n_tree"] + 1)
@@ -663,18 +734,6 @@ def bench(args: argparse.Namespace) -> int:
         except peer.PeerError as e:
             notes.append(f"llama-cpp-python baseline failed: {e}")
         bar.close()
-    if args.peer:
-        try:
-            results = peer.speculative_runs(model, texts, args.n, args.ctx_size, eng.target.n_threads, args.temp,
-                                            args.seed, log=lambda m: print(f"pyeagle.bench: {m}", file=sys.stderr,
-                                                                           flush=True),
-                                            spec_type=args.peer_spec_type, extra_args=shlex.split(args.peer_args),
-                                            progress=lambda it: progress("llama.cpp speculative", it))
-            for r, res in zip(runs, results):
-                r.peer = res
-        except peer.PeerError as e:
-            notes.append(f"llama.cpp speculative peer unavailable: {e}")
-
     cats = by_category(runs, greedy)
     overall = summarize(runs, greedy)
     rows = {**cats, "**overall**": overall}
@@ -682,6 +741,10 @@ def bench(args: argparse.Namespace) -> int:
     print(speed_table(rows) + "\n")
     print("tok/s counts generated tokens over decode time (prefill and model load excluded); speedup = EAGLE / plain; "
           "tau = tokens per target pass.\n")
+    kt = kinds_table(rows)
+    if kt:
+        print("## The round policy's choices: rounds of each kind, and tokens per round (tau) of each\n")
+        print(kt + "\n")
     rt = rounds_table(rows)
     if rt:
         print("## EAGLE rounds: time split and accepted drafts per round\n")

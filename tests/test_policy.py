@@ -111,14 +111,14 @@ GPU = [(1, 10.0), (8, 10.2), (16, 10.4), (32, 10.9), (64, 11.8)]
 
 def test_tree_size_follows_the_measured_cost_curve():
     unsure = [0.3] * 3 + [0.09] * 9 + [0.027] * 27 + [0.008] * 21  # a bushy tree of so-so drafts
-    m, expect, seconds = _core.best_size(unsure, 0.0, CPU, 60)
+    m, expect, seconds = _core.best_size(unsure, 0.0, CPU, 60, 1 / 7.6)
     assert m == 0 and expect == 1.0 and seconds == pytest.approx(7.6)  # a plain step
-    m, _, _ = _core.best_size(unsure, 0.0, GPU, 60)
+    m, _, _ = _core.best_size(unsure, 0.0, GPU, 60, 1 / 10.0)
     assert m >= 30  # nearly free nodes: all but the most hopeless
     repeat = [0.95 ** (j + 1) for j in range(40)]  # a copy inside a repeat
-    m, expect, seconds = _core.best_size(repeat, 0.0, CPU, 40)
+    m, expect, seconds = _core.best_size(repeat, 0.0, CPU, 40, 1 / 7.6)
     assert 8 <= m <= 40 and expect / seconds > 1 / 7.6
-    # drafting time already spent counts: it can only make a bigger tree worth more than a plain step
-    m_sunk, _, _ = _core.best_size(repeat, 5.0, CPU, 40)
-    assert m_sunk >= m
-    assert _core.best_size(repeat, 0.0, CPU, 3)[0] <= 3  # the cap holds
+    # drafting time already spent does not change the choice; a higher price of time shortens the chain
+    assert _core.best_size(repeat, 5.0, CPU, 40, 1 / 7.6)[0] == m
+    assert _core.best_size(repeat, 0.0, CPU, 40, 1 / 3.0)[0] < m
+    assert _core.best_size(repeat, 0.0, CPU, 3, 1 / 7.6)[0] <= 3  # the cap holds

@@ -74,7 +74,7 @@ int32_t acceptance::q_bucket(double q) { return std::clamp((int32_t) (q * n_q), 
 
 int32_t acceptance::match_bucket(int32_t n_match) {
     if (n_match <= 4) return std::max(n_match, 1) - 1;
-    return n_match < 8 ? 4 : n_match < 16 ? 5 : 6;
+    return n_match < 8 ? 4 : n_match < 16 ? 5 : n_match < 32 ? 6 : 7;
 }
 
 double acceptance::head(int32_t depth, double q) const {
@@ -89,7 +89,7 @@ void acceptance::count_head(int32_t depth, double q, bool hit) {
 // right; outside one, the longer the match the likelier.
 double acceptance::lookup_first(int32_t n_match, bool streak) const {
     const int32_t b = match_bucket(n_match);
-    return first_[b][streak].p(streak ? 0.7 : std::min(0.15 + 0.1 * b, 0.7));
+    return first_[b][streak].p(streak ? 0.7 : std::min(0.15 + 0.08 * b, 0.7));
 }
 
 double acceptance::lookup_next(int32_t n_match) const { return next_[match_bucket(n_match)].p(0.8); }
@@ -101,37 +101,49 @@ void acceptance::count_lookup(int32_t n_match, bool streak, int32_t step, bool h
 
 // --- decisions ----------------------------------------------------------------------------------
 
-size_choice best_size(const std::vector<double> & a_desc, double sunk, const cost_model & cost, int32_t m_max) {
+void throughput::add(int32_t tokens, double seconds) {
+    constexpr double w = 0.05;  // about the last 20 rounds
+    tokens_ += w * (tokens - tokens_);
+    seconds_ += w * (seconds - seconds_);
+}
+
+size_choice best_size(const std::vector<double> & a_desc, double sunk, const cost_model & cost, int32_t m_max,
+                      double rate) {
     size_choice best{0, 1.0, sunk + cost.verify(1)};
     double expect = 1.0;
     const int32_t n = std::min<int32_t>((int32_t) a_desc.size(), m_max);
     for (int32_t m = 1; m <= n; ++m) {
         expect += a_desc[m - 1];
         const size_choice c{m, expect, sunk + cost.verify(m + 1)};
-        if (c.rate() > best.rate()) best = c;
+        if (c.value(rate) > best.value(rate)) best = c;
     }
     return best;
 }
 
 bool head_gate::run(bool lookup_pays) {
+    exploring_ = false;
     if (gain_[lookup_pays] > 0) return true;
-    if (++skipped_[lookup_pays] < explore) return false;
+    if (++skipped_[lookup_pays] < explore_[lookup_pays]) return false;
     skipped_[lookup_pays] = 0;
+    exploring_ = true;
     return true;
 }
 
-void head_gate::begin(bool lookup_pays, double alone_expect, double alone_seconds) {
-    open_ = alone_seconds > 0;
+void head_gate::begin(bool lookup_pays, double alone_value, double rate) {
+    open_ = true;
     lookup_pays_ = lookup_pays;
-    alone_expect_ = alone_expect;
-    alone_seconds_ = alone_seconds;
+    alone_value_ = alone_value;
+    rate_ = rate;
 }
 
 void head_gate::end(int32_t tokens, double seconds) {
     if (!open_) return;
     open_ = false;
-    const double gain = tokens - alone_expect_ * seconds / alone_seconds_;
+    const double gain = tokens - rate_ * seconds - alone_value_;
     gain_[lookup_pays_] += 0.2 * (gain - gain_[lookup_pays_]);
+    int32_t & e = explore_[lookup_pays_];
+    if (gain_[lookup_pays_] > 0) e = explore_min;
+    else if (exploring_) e = std::min(2 * e, explore_max);
 }
 
 }  // namespace pyeagle

@@ -52,14 +52,15 @@ private:
 // Calibrated acceptance: the chance that a draft step is accepted given that its parent was.
 class acceptance {
 public:
-    static constexpr int32_t n_depth = 8, n_q = 10, n_match = 7;
+    static constexpr int32_t n_depth = 8, n_q = 10, n_match = 8;
     // head drafts: by depth (1.., the last bucket holds deeper ones) and the head's probability q of
     // the step; the prior is q itself (EAGLE-2's observation that the head is roughly calibrated)
     double head(int32_t depth, double q) const;
     void count_head(int32_t depth, double q, bool hit);
     // prompt-lookup steps: the first step of a chain by match length and by whether the round before
-    // accepted a copied step (inside a repeat or not); further steps by match length
-    static int32_t match_bucket(int32_t n_match);  // 1, 2, 3, 4, 5-7, 8-15, 16+ -> 0..6
+    // accepted a copied step (inside a repeat or not); further steps by the match length they
+    // continue (the chain's match plus the steps before them: a repeat grows more certain as it goes)
+    static int32_t match_bucket(int32_t n_match);  // 1, 2, 3, 4, 5-7, 8-15, 16-31, 32+ -> 0..7
     double lookup_first(int32_t n_match, bool streak) const;
     double lookup_next(int32_t n_match) const;
     void count_lookup(int32_t n_match, bool streak, int32_t step, bool hit);
@@ -76,31 +77,53 @@ private:
     std::array<rate_count, n_match> next_{};
 };
 
+// Tokens per second over the recent rounds of this generation (EMAs of tokens and of time): the
+// price of a second. A generation should take the least time for its tokens, so a round option is
+// worth its expected tokens minus rate * its seconds (what that time yields on average here).
+class throughput {
+public:
+    void reset(double plain_seconds) { tokens_ = 1.0; seconds_ = plain_seconds; }
+    void add(int32_t tokens, double seconds);
+    double rate() const { return seconds_ > 0 ? tokens_ / seconds_ : 0.0; }
+
+private:
+    double tokens_ = 1.0, seconds_ = 0.0;
+};
+
 // The best prefix of a list of drafts sorted by estimated acceptance a (each the chance that the
-// draft and all its ancestors are accepted): m maximising (1 + a_1 + ... + a_m) / (sunk + verify(m + 1)).
-struct size_choice { int32_t m = 0; double expect = 1, seconds = 0; double rate() const { return expect / seconds; } };
-size_choice best_size(const std::vector<double> & a_desc, double sunk, const cost_model & cost, int32_t m_max);
+// draft and all its ancestors are accepted): m maximising the value (1 + a_1 + ... + a_m) -
+// rate * (sunk + verify(m + 1)). m = 0 is a plain step.
+struct size_choice {
+    int32_t m = 0;
+    double expect = 1, seconds = 0;
+    double value(double rate) const { return expect - rate * seconds; }
+};
+size_choice best_size(const std::vector<double> & a_desc, double sunk, const cost_model & cost, int32_t m_max,
+                      double rate);
 
 // Whether to pay for the head this round. The head's worth is learnt from the rounds it ran: the
-// tokens each such round emitted beyond what the best head-free option (plain or lookup) was
-// expected to give in the same time, averaged per situation (a lookup chain worth verifying or not).
+// value each such round realised (tokens - rate * seconds) beyond the value the best head-free
+// option (plain or lookup) was expected to have, averaged per situation (a lookup chain worth
+// verifying or not).
 // Realised tokens, not estimates, so that a miscalibrated head cannot keep itself running. While
-// the average is negative the head sits out, except every `explore`-th round, to notice when it
-// pays again.
+// the average is negative the head sits out, except every few rounds (8, doubling while those
+// explorations keep failing, up to 64), to notice when it pays again.
 class head_gate {
 public:
     bool run(bool lookup_pays);
-    // a head round starts: what the head-free option would have given (tokens, seconds)
-    void begin(bool lookup_pays, double alone_expect, double alone_seconds);
+    // a head round starts: the value of the head-free option (expected tokens - rate * seconds)
+    void begin(bool lookup_pays, double alone_value, double rate);
     // ... and ends: what it gave, and the whole round's time (drafting and verification)
     void end(int32_t tokens, double seconds);
 
 private:
-    static constexpr int32_t explore = 8;
-    std::array<double, 2> gain_{{1.0, 1.0}};  // EMA of the gain; optimistic until measured
+    static constexpr int32_t explore_min = 8, explore_max = 64;
+    std::array<double, 2> gain_{{1.0, 1.0}};  // EMA of the gain in tokens; optimistic until measured
     std::array<int32_t, 2> skipped_{};
+    std::array<int32_t, 2> explore_{{explore_min, explore_min}};  // doubles while explorations fail
+    bool exploring_ = false;
     bool open_ = false, lookup_pays_ = false;
-    double alone_expect_ = 0, alone_seconds_ = 0;
+    double alone_value_ = 0, rate_ = 0;
 };
 
 }  // namespace pyeagle

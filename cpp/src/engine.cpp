@@ -143,12 +143,14 @@ void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated
         for (const auto & c : cands) scores.push_back(std::exp(c.score));
         std::sort(scores.begin(), scores.end(), std::greater<float>());
         if (calibrated && rs.cost.has_curve()) {
-            // a child (estimate <= its parent's) enters the tree only if it raises the round's rate
-            // expect / seconds, i.e. if its estimate beats rate * (the verify time one more node adds)
+            // a child (estimate <= its parent's) is worth its place only if its estimate beats the
+            // price of the time it adds: its row in the expansion and one more node in the verify
+            const double rate = rs.speed.rate();
             const size_choice now = best_size(std::vector<double>(scores.begin(), scores.end()), since(t0),
-                                              rs.cost, gp.n_tree);
-            const double extra = rs.cost.verify(now.m + 2) - rs.cost.verify(now.m + 1);
-            const double floor = now.rate() * extra;
+                                              rs.cost, gp.n_tree, rate);
+            const int32_t n_rows = std::min<int32_t>(k, (int32_t) frontier.size());
+            const double extra = rs.cost.verify(now.m + 2) - rs.cost.verify(now.m + 1) + rs.cost.step(n_rows) / n_rows;
+            const double floor = rate * extra;
             while (!frontier.empty() && std::exp(cands[frontier.back()].score) < floor) frontier.pop_back();
         }
         if (frontier.empty()) break;
@@ -209,8 +211,8 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     round_kind kind = has_head ? round_kind::head : round_kind::plain;
     size_choice alone;  // the best head-free option: m = 0 is a plain step
     if (policy) {
-        if (rs.lookup.n_chains() > 0) alone = best_size(rs.lookup.accept(0), 0.0, rs.cost, n_len);
-        else alone = best_size({}, 0.0, rs.cost, 0);
+        alone = best_size(rs.lookup.n_chains() > 0 ? rs.lookup.accept(0) : std::vector<double>{}, 0.0, rs.cost, n_len,
+                          rs.speed.rate());
         const bool lookup_pays = alone.m > 0;
         kind = !has_head || !rs.gate.run(lookup_pays) ? (lookup_pays ? round_kind::lookup : round_kind::plain)
                                                       : round_kind::head;
@@ -232,9 +234,8 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
             std::vector<double> a;
             for (const auto & c : tb.candidates()) if (c.score >= min_score) a.push_back(std::exp((double) c.score));
             std::sort(a.begin(), a.end(), std::greater<double>());
-            const size_choice with_head = best_size(a, since(t0), rs.cost, gp.n_tree);
-            m = with_head.m;
-            rs.gate.begin(alone.m > 0, alone.expect, alone.seconds);
+            m = best_size(a, since(t0), rs.cost, gp.n_tree, rs.speed.rate()).m;
+            rs.gate.begin(alone.m > 0, alone.value(rs.speed.rate()), rs.speed.rate());
         }
     } else if (kind == round_kind::lookup) {
         rs.lookup.add_to(tb, 1, alone.m);
@@ -364,6 +365,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
             st.t_prefill += since(t0);
         }
     }
+    rs_->speed.reset(rs_->cost.verify(1));  // until rounds are measured: the price of a plain step
     bool go = emit(root);
     if (go && cb && !cb({root})) { res.stop_reason = "callback"; go = false; }
     draft_tree tree;
@@ -373,6 +375,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
         if (n_past + 1 > target_->n_ctx()) { res.stop_reason = "context_full"; break; }
         std::vector<int32_t> emitted;
         round_kind kind = round_kind::plain;
+        const auto t_round = clock_t_::now();
         try {
             if (!drafting) {
                 t0 = clock_t_::now();
@@ -384,7 +387,6 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
             } else {
                 gen_params g = gp;
                 g.n_tree = std::min({gp.n_tree, target_->n_batch() - 1, target_->n_ctx() - n_past - 1});
-                const auto t_round = clock_t_::now();
                 kind = plan_round(root, g, tree, st);
                 t0 = clock_t_::now();
                 target_->verify(tree.token.data(), tree.parent.data(), tree.size());
@@ -413,6 +415,8 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
         }
         st.n_passes++;
         st.n_rounds_kind[(int) kind]++;
+        st.t_kind[(int) kind] += since(t_round);
+        rs_->speed.add((int32_t) emitted.size(), since(t_round));
         // emit; a stop inside the accepted path cuts the KV back so that the last emitted token is the root
         const int32_t n_before = n_past;
         size_t j = 0;

@@ -39,10 +39,14 @@ void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len,
     chains_.clear();
     n_added_ = 0;
     for (auto & d : prompt_lookup(ctx, n_match_max, n_len, n_chains)) {
+        d.tokens.resize(std::min<size_t>(d.tokens.size(), n_len_cap(d.n_match)));
         chain c;
-        const double first = acc.lookup_first(d.n_match, streak_), next = acc.lookup_next(d.n_match);
-        double a = first;
-        for (size_t j = 0; j < d.tokens.size(); ++j, a *= next) c.a.push_back(a);
+        // each accepted step extends the match by one token: step j continues a match of n_match + j
+        double a = acc.lookup_first(d.n_match, streak_);
+        for (size_t j = 0; j < d.tokens.size(); ++j) {
+            if (j > 0) a *= acc.lookup_next(d.n_match + (int32_t) j);
+            c.a.push_back(a);
+        }
         c.d = std::move(d);
         chains_.push_back(std::move(c));
     }
@@ -79,13 +83,15 @@ void lookup_source::place(const draft_tree & t, gen_stats & st) {
 void lookup_source::score(const std::vector<int32_t> & path, acceptance & acc, gen_stats & st) {
     const bool after = streak_;
     streak_ = false;
+    n_run_ = 0;
     for (int32_t i = 0; i < n_added_; ++i) {
         const chain & c = chains_[i];
         for (size_t j = 0; j < c.nodes.size() && c.nodes[j] >= 0; ++j) {
             const bool hit = path.size() > j + 1 && path[j + 1] == c.nodes[j];
-            acc.count_lookup(c.d.n_match, after, (int32_t) j, hit);
+            acc.count_lookup(c.d.n_match + (int32_t) j, after, (int32_t) j, hit);
             if (!hit) break;
             streak_ = true;
+            n_run_ = std::max(n_run_, (int32_t) j + 1);
             if (c.added[j]) st.n_lookup_accepted++;
         }
     }

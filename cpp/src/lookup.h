@@ -7,6 +7,7 @@
 #include "budget.h"
 #include "tree.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -27,7 +28,12 @@ std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & context
 
 class lookup_source {
 public:
-    static constexpr int32_t n_match_max = 16;
+    static constexpr int32_t n_match_max = 32;
+    // Chain length cap, like a slow start: a chain that fails at once costs a whole verify pass of
+    // its length, so chains grow only as fast as repeats prove themselves: at most twice the
+    // copied tokens the round before accepted or twice the matched suffix, and at least n_len_min.
+    static constexpr int32_t n_len_min = 8;
+    int32_t n_len_cap(int32_t n_match) const { return std::max({n_len_min, 2 * n_run_, 2 * n_match}); }
 
     // This round's chains for `context` (committed tokens + root), each step with its estimated
     // acceptance a_j: the chance that it and every step before it are accepted.
@@ -41,7 +47,7 @@ public:
     void place(const draft_tree & t, gen_stats & st);
     // After acceptance: each verified step whose parent was accepted is a try.
     void score(const std::vector<int32_t> & path, acceptance & acc, gen_stats & st);
-    void clear_streak() { streak_ = false; }
+    void clear_streak() { streak_ = false; n_run_ = 0; }
 
 private:
     struct chain {
@@ -53,6 +59,7 @@ private:
     std::vector<chain> chains_;
     int32_t n_added_ = 0;  // chains joined to this round's candidates
     bool streak_ = false;  // the round before accepted a copied step
+    int32_t n_run_ = 0;    // copied steps the round before accepted
 };
 
 // What the engine measures and keeps across generate() calls.
@@ -60,6 +67,7 @@ struct round_state {
     cost_model cost;      // what a verify pass and the head cost here
     acceptance acc;       // how often each kind of draft was accepted
     head_gate gate;       // whether the head pays
+    throughput speed;     // tokens per second of recent rounds: the price of time
     lookup_source lookup; // this round's prompt-lookup chains
 };
 

@@ -70,6 +70,7 @@ struct gen_stats {
     int64_t n_lookup_accepted = 0;          // of those, accepted
     int32_t n_rounds_kind[3] = {0, 0, 0};   // [round_kind] rounds
     int32_t n_tokens_kind[3] = {0, 0, 0};   // [round_kind] tokens those rounds emitted
+    double t_kind[3] = {0, 0, 0};           // [round_kind] seconds those rounds took (draft, verify, accept)
     double t_prefill = 0, t_draft = 0, t_verify = 0, t_accept = 0, t_total = 0;  // seconds
     // tokens per target pass after the prefill (whose pass produced the first token)
     double tau() const { return n_passes ? (double) (n_tokens - 1) / n_passes : 0.0; }
