@@ -302,10 +302,10 @@ PYBIND11_MODULE(_core, m) {
                  py::list head, first, next;
                  for (const auto & d : a.head_counts()) { py::list r; for (const auto & c : d) r.append(pairs(c)); head.append(r); }
                  for (const auto & b : a.first_counts()) first.append(py::make_tuple(pairs(b[0]), pairs(b[1])));
-                 for (const auto & c : a.next_counts()) next.append(pairs(c));
+                 for (const auto & b : a.next_counts()) next.append(py::make_tuple(pairs(b[0]), pairs(b[1])));
                  return py::dict(py::arg("head") = head, py::arg("lookup_first") = first, py::arg("lookup_next") = next);
              }, "the policy's acceptance counts (tried, hit): head[depth][q decile], lookup_first[match bucket]"
-                "[streak], lookup_next[match bucket]; match buckets 1, 2, 3, 4, 5-7, 8-15, 16+")
+                "[streak], lookup_next[match bucket][streak]; match buckets 1, 2, 3, 4, 5-7, 8-15, 16-31, 32+")
         .def("set_trace", &engine::set_trace, py::arg("on"), "test hook: record each round (trace())")
         .def("trace", [](const engine & e) {
                  static const char * names[] = {"plain", "lookup", "head"};

@@ -164,6 +164,7 @@ class PromptRun:
     noise: dict | None = None           # batched teacher-forced scoring of the plain output
     llama: dict | None = None           # llama-cpp-python's Llama
     peer: dict | None = None            # llama-speculative-simple
+    eagle_at_peer: Output | None = None  # EAGLE again, as many tokens as the peer decoded (it overshoots -n)
 
 
 def gmean(xs: Sequence[float]) -> float | None:
@@ -175,7 +176,7 @@ def gmean(xs: Sequence[float]) -> float | None:
 
 def prompt_ratios(runs: Sequence[PromptRun]) -> dict[str, list[float]]:
     """Per-prompt tok/s ratios: EAGLE / plain, llama.cpp's speculation / plain, EAGLE / llama.cpp's."""
-    out: dict[str, list[float]] = {"eagle": [], "peer": [], "eagle_peer": []}
+    out: dict[str, list[float]] = {"eagle": [], "peer": [], "eagle_peer": [], "eagle_peer_len": []}
     for r in runs:
         plain = r.plain.stats.tokens_per_s
         eagle = r.eagle.stats.tokens_per_s if r.eagle else None
@@ -186,6 +187,8 @@ def prompt_ratios(runs: Sequence[PromptRun]) -> dict[str, list[float]]:
             out["peer"].append(spec / plain)
         if eagle and spec:
             out["eagle_peer"].append(eagle / spec)
+            same = r.eagle_at_peer.stats.tokens_per_s if r.eagle_at_peer else eagle
+            out["eagle_peer_len"].append(same / spec)
     return out
 
 
@@ -206,7 +209,8 @@ def summarize(runs: Sequence[PromptRun], greedy: bool) -> dict:
                  "peer_tps": spec.tps if spec.n_runs else None, "kinds": None}
     ratios = prompt_ratios(runs)
     row.update(speedup_gm=gmean(ratios["eagle"]), speedup_worst=min(ratios["eagle"], default=None),
-               peer_speedup_gm=gmean(ratios["peer"]), eagle_vs_peer_gm=gmean(ratios["eagle_peer"]))
+               peer_speedup_gm=gmean(ratios["peer"]), eagle_vs_peer_gm=gmean(ratios["eagle_peer"]),
+               eagle_vs_peer_len_gm=gmean(ratios["eagle_peer_len"]))
     if eagle.n_runs:
         row["kinds"] = {k: {"rounds": n, "tau": eagle.kind_tokens.get(k, 0) / n if n else None}
                         for k, n in eagle.kind_rounds.items()}
@@ -455,10 +459,12 @@ def speed_table(rows: dict[str, dict]) -> str:
         vs_llama = r["eagle_tps"] / r["llama_cpp_python_tps"] if r["eagle_tps"] and r["llama_cpp_python_tps"] else None
         return [name, str(r["prompts"]), fmt(r["plain_tps"]), fmt(r["eagle_tps"]), fmt(r["speedup_gm"], ".2f"),
                 fmt(r["speedup_worst"], ".2f"), fmt(r["tau"], ".2f"), fmt(r["peer_tps"]), fmt(r["peer_speedup_gm"], ".2f"),
-                fmt(r["eagle_vs_peer_gm"], ".2f"), fmt(r["identical"], ".2f"), fmt(r["llama_cpp_python_tps"]),
+                fmt(r["eagle_vs_peer_gm"], ".2f"), fmt(r["eagle_vs_peer_len_gm"], ".2f"), fmt(r["identical"], ".2f"),
+                fmt(r["llama_cpp_python_tps"]),
                 fmt(vs_llama, ".2f")]
     return table(["category", "prompts", "plain tok/s", "EAGLE tok/s", "EAGLE / plain", "worst prompt", "tau",
-                  "llama.cpp spec tok/s", "spec / plain", "EAGLE / spec", "identical", "llama-cpp-python tok/s",
+                  "llama.cpp spec tok/s", "spec / plain", "EAGLE / spec", "EAGLE / spec, same length", "identical",
+                  "llama-cpp-python tok/s",
                   "EAGLE / llama-cpp-python"],
                  [line(c, r) for c, r in rows.items()])
 
@@ -623,9 +629,11 @@ def progress(desc: str, iterable: Iterable | None = None, total: int | None = No
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, mininterval=0.5, leave=False)
 
 
-def generate(eng: Engine, ids: list[int], args: argparse.Namespace, draft: bool, **tree) -> Output:
+def generate(eng: Engine, ids: list[int], args: argparse.Namespace, draft: bool, max_tokens: int | None = None,
+             **tree) -> Output:
     eng.reset()  # no KV reuse across runs: every run prefills its whole prompt
-    return eng.generate(ids, max_tokens=args.n, temperature=args.temp, seed=args.seed, draft=draft, **tree)
+    return eng.generate(ids, max_tokens=max_tokens or args.n, temperature=args.temp, seed=args.seed, draft=draft,
+                        **tree)
 
 
 def run_prompts(eng: Engine, prompts: Sequence[BenchPrompt], ids: Sequence[list[int]],
@@ -645,6 +653,11 @@ def run_prompts(eng: Engine, prompts: Sequence[BenchPrompt], ids: Sequence[list[
             run.eagle = generate(eng, x, args, draft=True)
         if spec:
             run.peer = spec(i)
+            # the peer checks -n only after a whole draft, so it may decode up to 64 tokens more, often
+            # the cheapest ones (a repeat's last copy); EAGLE decodes as many once more to compare alike
+            n_peer = run.peer["n_tokens"]
+            if eng.has_draft and run.eagle and n_peer > len(run.eagle.tokens) and run.eagle.stop_reason == "max_tokens":
+                run.eagle_at_peer = generate(eng, x, args, draft=True, max_tokens=n_peer)
         runs.append(run)
     eng.reset()
     return runs
@@ -662,7 +675,8 @@ def prompt_record(eng: Engine, r: PromptRun) -> dict:
                 "text": o.text}
     rec = {"id": r.prompt.id, "category": r.prompt.category, "n_prompt": len(r.ids), "plain": out(r.plain),
            "eagle": out(r.eagle), "identical": (r.eagle.tokens == r.plain.tokens) if r.eagle else None,
-           "divergence": r.divergence, "llama_cpp_python": r.llama, "peer": r.peer}
+           "divergence": r.divergence, "llama_cpp_python": r.llama, "peer": r.peer,
+           "eagle_at_peer_length": out(r.eagle_at_peer)}
     if r.noise is not None:
         rec["kernel_noise"] = {"tokens_scored": r.noise["n_scored"], "flips": [list(f) for f in r.noise["flips"]]}
     return rec
@@ -739,8 +753,11 @@ def bench(args: argparse.Namespace) -> int:
     rows = {**cats, "**overall**": overall}
     print("## Speed\n")
     print(speed_table(rows) + "\n")
-    print("tok/s counts generated tokens over decode time (prefill and model load excluded); speedup = EAGLE / plain; "
-          "tau = tokens per target pass.\n")
+    print("tok/s counts generated tokens over decode time (prefill and model load excluded); ratios are geometric "
+          "means of per-prompt ratios (each prompt's runs back to back), tok/s columns ratios of sums; tau = tokens "
+          "per target pass. llama.cpp's speculation checks -n only after a whole draft and so may decode up to 64 "
+          "tokens more than asked, usually the cheapest (the last copy of a repeat): 'same length' compares it with "
+          "EAGLE run again for as many tokens as it decoded.\n")
     kt = kinds_table(rows)
     if kt:
         print("## The round policy's choices: rounds of each kind, and tokens per round (tau) of each\n")
@@ -812,14 +829,15 @@ def tree_sweep(args: argparse.Namespace) -> int:
         if eng.has_draft:
             a = Agg()
             for x in ids:
-                a.add(generate(eng, x, args, draft=True, n_tree=n).stats)
+                a.add(generate(eng, x, args, draft=True, n_tree=n, adaptive=False).stats)
             p.update(tau=a.tau, eagle_tps=a.tps, speedup=a.tps / plain.tps if plain.tps else None,
                      draft_ms_per_round=1000 * a.t_draft / max(a.passes, 1), lookup_share=a.lookup_share)
         points.append(p)
     eng.reset()
     print(f"## Tree size sweep\n\nOne target step (1 token): {step:.2f} ms; plain decoding {plain.tps:.1f} tok/s. "
           f"Verify = median ms of one pass over the root + n_tree nodes (4-ary tree, features on), {args.reps} reps; "
-          f"depth {eng.tree['n_depth']}, top-k {eng.tree['n_top_k']}.\n")
+          f"depth {eng.tree['n_depth']}, top-k {eng.tree['n_top_k']}; fixed trees (the round policy off: every round "
+          f"verifies the n_tree best drafts).\n")
     print(table(["n_tree", "verify ms", "verify / one step", "draft ms/round", "tau", "from lookup", "EAGLE tok/s",
                  "speedup"],
                 [[str(p["n_tree"]), f"{p['verify_ms']:.2f}", f"{p['verify_steps']:.2f}", fmt(p["draft_ms_per_round"], ".2f"),

@@ -92,11 +92,13 @@ double acceptance::lookup_first(int32_t n_match, bool streak) const {
     return first_[b][streak].p(streak ? 0.7 : std::min(0.15 + 0.08 * b, 0.7));
 }
 
-double acceptance::lookup_next(int32_t n_match) const { return next_[match_bucket(n_match)].p(0.8); }
+double acceptance::lookup_next(int32_t n_match, bool streak) const {
+    return next_[match_bucket(n_match)][streak].p(streak ? 0.9 : 0.7);
+}
 
 void acceptance::count_lookup(int32_t n_match, bool streak, int32_t step, bool hit) {
     const int32_t b = match_bucket(n_match);
-    (step == 0 ? first_[b][streak] : next_[b]).add(hit);
+    (step == 0 ? first_[b][streak] : next_[b][streak]).add(hit);
 }
 
 // --- decisions ----------------------------------------------------------------------------------

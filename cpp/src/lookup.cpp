@@ -44,7 +44,7 @@ void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len,
         // each accepted step extends the match by one token: step j continues a match of n_match + j
         double a = acc.lookup_first(d.n_match, streak_);
         for (size_t j = 0; j < d.tokens.size(); ++j) {
-            if (j > 0) a *= acc.lookup_next(d.n_match + (int32_t) j);
+            if (j > 0) a *= acc.lookup_next(d.n_match + (int32_t) j, streak_);
             c.a.push_back(a);
         }
         c.d = std::move(d);
