@@ -73,6 +73,12 @@ PYBIND11_MODULE(_core, m) {
           "[(tokens, n_match)]: what followed earlier occurrences of the context's last n_max..1 tokens, up to "
           "n_len tokens, for at most n_chains distinct continuations, longest match first, then most recent "
           "(the engine's prompt-lookup drafts)");
+    m.def("suffix_lookup", [](const std::vector<llama_token> & context, int32_t n_max, int32_t depth, int32_t n_nodes) {
+              const suffix_draft d = suffix_lookup(context, n_max, depth, n_nodes);
+              return py::make_tuple(d.token, d.parent, d.count, d.n_occ, d.n_match);
+          }, py::arg("context"), py::arg("n_max"), py::arg("depth"), py::arg("n_nodes"),
+          "(tokens, parents, counts, n_occ, n_match): the suffix-tree drafts of the context (parents first, "
+          "-1 below the root; counts: occurrences through each node)");
     m.def("best_size", [](const std::vector<double> & a_desc, double sunk, std::vector<std::pair<int32_t, double>> curve,
                           int32_t m_max, double rate) {
               cost_model c;
@@ -234,6 +240,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("p_min", &gen_params::p_min)
         .def_readwrite("adaptive", &gen_params::adaptive)
         .def_readwrite("n_lookup", &gen_params::n_lookup)
+        .def_readwrite("suffix", &gen_params::suffix)
         .def_readwrite("draft", &gen_params::draft)
         .def_readwrite("temperature", &gen_params::temperature)
         .def_readwrite("top_p", &gen_params::top_p)

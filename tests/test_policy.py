@@ -122,3 +122,32 @@ def test_tree_size_follows_the_measured_cost_curve():
     assert _core.best_size(repeat, 5.0, CPU, 40, 1 / 7.6)[0] == m
     assert _core.best_size(repeat, 0.0, CPU, 40, 1 / 3.0)[0] < m
     assert _core.best_size(repeat, 0.0, CPU, 3, 1 / 7.6)[0] <= 3  # the cap holds
+
+
+def test_suffix_lookup_votes_for_continuations():
+    assert _core.suffix_lookup([1, 2, 3], 8, 4, 8) == ([], [], [], 0, 0)
+    # "1 2" occurred three times: followed by 3, 3 and 4; the tree counts the votes
+    toks, parents, counts, n_occ, n_match = _core.suffix_lookup([1, 2, 3, 5, 1, 2, 3, 6, 1, 2, 4, 1, 2], 8, 2, 8)
+    assert (n_occ, n_match) == (3, 2)
+    nodes = {(t, parents[i]): counts[i] for i, t in enumerate(toks)}
+    assert nodes[(3, -1)] == 2 and nodes[(4, -1)] == 1
+    assert all(p < i for i, p in enumerate(parents))  # parents first
+    # at most n_nodes, the most travelled (ties: shallower): 3 (2 votes), then 4 before 3's children
+    toks, parents, counts, _, _ = _core.suffix_lookup([1, 2, 3, 5, 1, 2, 3, 6, 1, 2, 4, 1, 2], 8, 2, 2)
+    assert (toks, parents, counts) == ([3, 4], [-1, -1], [2, 1])
+    # a single occurrence is a chain, unrolled past the end like prompt lookup
+    assert _core.suffix_lookup([7, 8, 7], 8, 4, 8)[0] == [8, 7, 8, 7]
+
+
+@pytest.mark.parametrize("pattern", [[], ["lookup"], ["lookup", "head"]], ids=lambda p: "+".join(p) or "policy")
+def test_suffix_tree_drafts_keep_greedy_exact(tiny_f32, reference, random_heads, pattern):
+    eng = Engine(str(tiny_f32), draft=str(random_heads["eagle12"]), **EXACT)
+    eng._core.set_forced_kinds(pattern)
+    accepted = 0
+    for p in [*PROMPTS, REPEAT]:
+        out = eng.generate(p, max_tokens=40, n_tree=16, n_lookup=16, suffix=True)
+        assert out.tokens == reference[p], f"prompt {p!r}"
+        assert out.stats.n_lookup_accepted <= out.stats.n_lookup_drafted
+        accepted += out.stats.n_lookup_accepted
+    if pattern:
+        assert accepted > 0

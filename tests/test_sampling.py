@@ -165,15 +165,16 @@ def test_prompt_lookup_drafts_keep_the_distribution(peaked, repeating, temperatu
 POLICY_TREE = dict(n_depth=3, n_top_k=2, n_tree=8, n_lookup=8, adaptive=True)
 
 
-@pytest.mark.parametrize("forced", [["lookup"], ["head"], []], ids=["lookup-only", "head", "policy"])
-def test_rounds_the_policy_chooses_keep_the_distribution(peaked, repeating, forced):
-    """A prompt-lookup chain alone, a head tree sized by the policy's calibrated estimates, and
-    whatever the policy picks from its own timings: the same distribution."""
+@pytest.mark.parametrize("forced,suffix", [(["lookup"], False), (["lookup"], True), (["head"], False), ([], False)],
+                         ids=["lookup-only", "suffix-tree-only", "head", "policy"])
+def test_rounds_the_policy_chooses_keep_the_distribution(peaked, repeating, forced, suffix):
+    """A prompt-lookup chain or a suffix tree alone, a head tree sized by the policy's calibrated
+    estimates, and whatever the policy picks from its own timings: the same distribution."""
     temperature, top_p, top_k = 0.7, 0.9, 0
     exact = exact_pairs(peaked, repeating, temperature, top_p, top_k)
     st: list = []
-    p = chi_square_p(draw(peaked, temperature, top_p, top_k, prompt=repeating, tree=POLICY_TREE, stats=st,
-                          forced=forced), exact)
+    p = chi_square_p(draw(peaked, temperature, top_p, top_k, prompt=repeating, tree=dict(POLICY_TREE, suffix=suffix),
+                          stats=st, forced=forced), exact)
     kinds = {k: sum(s.rounds_by_kind[k] for s in st) for k in ("plain", "lookup", "head")}
     if forced:
         assert kinds[forced[0]] == N, kinds

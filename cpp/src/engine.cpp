@@ -200,19 +200,17 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     // more chains only in bigger trees: with few places a chain that misses displaces a better draft
     const int32_t n_chains = std::clamp(gp.n_tree / 15, 1, lookup_n_chains);
     const int32_t n_len = std::min(gp.n_lookup, gp.n_tree);
+    std::vector<llama_token> ctx;
     if (n_len > 0) {
-        std::vector<llama_token> ctx(target_->tokens().begin(), target_->tokens().end());
+        ctx.assign(target_->tokens().begin(), target_->tokens().end());
         ctx.push_back(root);
-        rs.lookup.propose(ctx, n_len, n_chains, rs.acc);
-    } else {
-        rs.lookup.propose({}, 0, 0, rs.acc);
     }
+    rs.lookup.propose(ctx, n_len, n_chains, gp.suffix, rs.acc);
 
     round_kind kind = has_head ? round_kind::head : round_kind::plain;
     size_choice alone;  // the best head-free option: m = 0 is a plain step
     if (policy) {
-        alone = best_size(rs.lookup.n_chains() > 0 ? rs.lookup.accept(0) : std::vector<double>{}, 0.0, rs.cost, n_len,
-                          rs.speed.rate());
+        alone = best_size(rs.lookup.accept_alone(), 0.0, rs.cost, n_len, rs.speed.rate());
         const bool lookup_pays = alone.m > 0;
         kind = !has_head || !rs.gate.run(lookup_pays) ? (lookup_pays ? round_kind::lookup : round_kind::plain)
                                                       : round_kind::head;
@@ -220,7 +218,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     if (!forced_.empty()) {
         kind = forced_[n_forced_++ % forced_.size()];
         if (kind == round_kind::head && !has_head) kind = round_kind::plain;
-        if (kind == round_kind::lookup) alone.m = rs.lookup.n_chains() > 0 ? n_len : 0;
+        if (kind == round_kind::lookup) alone.m = (int32_t) rs.lookup.accept_alone().size();
     }
 
     tree_builder tb;
@@ -228,7 +226,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     int32_t m = 0;
     if (kind == round_kind::head) {
         grow_head_tree(root, gp, policy, tb);
-        rs.lookup.add_to(tb, n_chains, n_len);
+        rs.lookup.add_to(tb, false);
         m = gp.n_tree;
         if (policy) {
             std::vector<double> a;
@@ -238,7 +236,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
             rs.gate.begin(alone.m > 0, alone.value(rs.speed.rate()), rs.speed.rate());
         }
     } else if (kind == round_kind::lookup) {
-        rs.lookup.add_to(tb, 1, alone.m);
+        rs.lookup.add_to(tb, true);
         m = alone.m;
     }
     out = tb.rerank(m, min_score);

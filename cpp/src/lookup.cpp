@@ -7,27 +7,40 @@
 
 namespace pyeagle {
 
-std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & ctx, int32_t n_max, int32_t n_len,
-                                        int32_t n_chains) {
-    std::vector<lookup_draft> out;
-    const int32_t N = (int32_t) ctx.size();
-    if (N < 2 || n_max < 1 || n_len < 1 || n_chains < 1) return out;
-    // (match length, end) of every earlier position e whose token equals the last one, most recent first
+namespace {
+// every earlier position e whose token equals the last one: (match length <= n_max, e), most recent first
+std::vector<std::pair<int32_t, int32_t>> suffix_matches(const std::vector<llama_token> & ctx, int32_t n_max) {
     std::vector<std::pair<int32_t, int32_t>> found;
+    const int32_t N = (int32_t) ctx.size();
     for (int32_t e = N - 2; e >= 0; --e) {
         if (ctx[e] != ctx[N - 1]) continue;
         int32_t len = 1;
         while (len < n_max && e - len >= 0 && ctx[e - len] == ctx[N - 1 - len]) ++len;
         found.emplace_back(len, e);
     }
+    return found;
+}
+
+// what followed position e, n tokens; past the context's end the copy goes on through itself
+std::vector<llama_token> continuation(const std::vector<llama_token> & ctx, int32_t e, int32_t n) {
+    const int32_t N = (int32_t) ctx.size();
+    std::vector<llama_token> out;
+    for (int32_t i = 0; i < n; ++i) {
+        const int32_t at = e + 1 + i;
+        out.push_back(at < N ? ctx[at] : out[at - N]);
+    }
+    return out;
+}
+}  // namespace
+
+std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & ctx, int32_t n_max, int32_t n_len,
+                                        int32_t n_chains) {
+    std::vector<lookup_draft> out;
+    if (ctx.size() < 2 || n_max < 1 || n_len < 1 || n_chains < 1) return out;
+    auto found = suffix_matches(ctx, n_max);
     std::stable_sort(found.begin(), found.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
     for (const auto & [len, e] : found) {
-        lookup_draft d;
-        d.n_match = len;
-        for (int32_t i = 0; i < n_len; ++i) {
-            const int32_t at = e + 1 + i;
-            d.tokens.push_back(at < N ? ctx[at] : d.tokens[at - N]);
-        }
+        lookup_draft d{continuation(ctx, e, n_len), len};
         const bool seen = std::any_of(out.begin(), out.end(), [&](const lookup_draft & o) { return o.tokens == d.tokens; });
         if (!seen) out.push_back(std::move(d));
         if ((int32_t) out.size() >= n_chains) break;
@@ -35,48 +48,130 @@ std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & ctx, in
     return out;
 }
 
-void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len, int32_t n_chains, const acceptance & acc) {
-    chains_.clear();
-    n_added_ = 0;
-    for (auto & d : prompt_lookup(ctx, n_match_max, n_len, n_chains)) {
-        d.tokens.resize(std::min<size_t>(d.tokens.size(), n_len_cap(d.n_match)));
-        chain c;
-        // each accepted step extends the match by one token: step j continues a match of n_match + j
-        double a = acc.lookup_first(d.n_match, streak_);
-        for (size_t j = 0; j < d.tokens.size(); ++j) {
-            if (j > 0) a *= acc.lookup_next(d.n_match + (int32_t) j, streak_);
-            c.a.push_back(a);
+suffix_draft suffix_lookup(const std::vector<llama_token> & ctx, int32_t n_max, int32_t depth, int32_t n_nodes) {
+    suffix_draft out;
+    if (ctx.size() < 2 || n_max < 1 || depth < 1 || n_nodes < 1) return out;
+    auto found = suffix_matches(ctx, n_max);
+    if (found.empty()) return out;
+    int32_t longest = 0;
+    for (const auto & f : found) longest = std::max(longest, f.first);
+    const int32_t floor = std::min(longest, 8);
+    // the trie of the continuations: children found by a scan of the node's own list
+    std::vector<llama_token> tok;
+    std::vector<int32_t> par, dep, cnt;
+    std::vector<std::vector<int32_t>> kids(1);  // [node + 1]: children; [0]: the root's
+    for (const auto & [len, e] : found) {
+        if (len < floor) continue;
+        if (++out.n_occ > 64) { out.n_occ = 64; break; }
+        int32_t at = -1;
+        for (llama_token t : continuation(ctx, e, depth)) {
+            int32_t next = -1;
+            for (int32_t c : kids[at + 1]) if (tok[c] == t) { next = c; break; }
+            if (next < 0) {
+                next = (int32_t) tok.size();
+                tok.push_back(t); par.push_back(at); dep.push_back(at < 0 ? 1 : dep[at] + 1); cnt.push_back(0);
+                kids[at + 1].push_back(next);
+                kids.emplace_back();
+            }
+            cnt[next]++;
+            at = next;
         }
-        c.d = std::move(d);
-        chains_.push_back(std::move(c));
+    }
+    out.n_match = longest;
+    // the n_nodes most travelled nodes (a child is never travelled more than its parent, so with ties
+    // to shallower nodes the kept set is connected), by depth
+    std::vector<int32_t> order(tok.size());
+    for (int32_t i = 0; i < (int32_t) order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        return cnt[a] != cnt[b] ? cnt[a] > cnt[b] : dep[a] < dep[b];
+    });
+    order.resize(std::min<size_t>(order.size(), n_nodes));
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return dep[a] < dep[b]; });
+    std::vector<int32_t> index(tok.size(), -1);
+    for (int32_t i : order) {
+        if (par[i] >= 0 && index[par[i]] < 0) continue;  // unreachable, see above
+        index[i] = (int32_t) out.token.size();
+        out.token.push_back(tok[i]);
+        out.parent.push_back(par[i] < 0 ? -1 : index[par[i]]);
+        out.depth.push_back(dep[i]);
+        out.count.push_back(cnt[i]);
+    }
+    return out;
+}
+
+// A copy that has matched n_match tokens and whose first j steps were accepted continues a match
+// of n_match + j: step j's estimate is the first step's rate times the continuation rates after it.
+void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len, int32_t n_chains, bool suffix,
+                            const acceptance & acc) {
+    nodes_.clear();
+    joined_ = false;
+    if (n_len < 1 || n_chains < 1) return;
+    auto chain_a = [&](int32_t n_match, int32_t depth) {
+        double a = acc.lookup_first(n_match, streak_);
+        for (int32_t j = 1; j < depth; ++j) a *= acc.lookup_next(n_match + j, streak_);
+        return a;
+    };
+    if (suffix) {
+        const suffix_draft d = suffix_lookup(ctx, n_match_max, n_len, n_len * 2);
+        if (d.n_occ == 0) return;
+        const int32_t cap = n_len_cap(d.n_match);
+        std::vector<int32_t> kept(d.token.size(), -1);
+        // the most travelled path: in depth order, siblings most travelled first, so the first child
+        // of the path's last node met is its most travelled one
+        std::vector<bool> main(d.token.size(), false);
+        for (int32_t i = 0, at = -1; i < (int32_t) d.token.size(); ++i) {
+            if (d.parent[i] == at) { main[i] = true; at = i; }
+        }
+        for (size_t i = 0; i < d.token.size() && (int32_t) nodes_.size() < n_len; ++i) {
+            if (d.depth[i] > cap || (d.parent[i] >= 0 && kept[d.parent[i]] < 0)) continue;
+            kept[i] = (int32_t) nodes_.size();
+            const double share = (double) d.count[i] / d.n_occ;
+            nodes_.push_back({d.token[i], d.parent[i] < 0 ? -1 : kept[d.parent[i]], d.depth[i], d.n_match,
+                              chain_a(d.n_match, d.depth[i]) * share, main[i], true});
+        }
+        return;
+    }
+    bool first = true;
+    for (auto & d : prompt_lookup(ctx, n_match_max, n_len, n_chains)) {
+        int32_t parent = -1;
+        const int32_t n = std::min<int32_t>((int32_t) d.tokens.size(), n_len_cap(d.n_match));
+        for (int32_t j = 0; j < n; ++j) {
+            nodes_.push_back({d.tokens[j], parent, j + 1, d.n_match, chain_a(d.n_match, j + 1), first, first});
+            parent = (int32_t) nodes_.size() - 1;
+        }
+        first = false;
     }
 }
 
-void lookup_source::add_to(tree_builder & tb, int32_t n_chains, int32_t n_len) {
-    n_added_ = std::min(n_chains, (int32_t) chains_.size());
-    for (int32_t i = 0; i < n_added_; ++i) {
-        chain & c = chains_[i];
-        const size_t n = std::min<size_t>(std::max(n_len, 0), c.d.tokens.size());
-        std::vector<llama_token> tokens(c.d.tokens.begin(), c.d.tokens.begin() + n);
-        std::vector<float> scores(n);
-        for (size_t j = 0; j < n; ++j) scores[j] = (float) std::log(c.a[j]);
-        c.nodes = tb.add_path(tokens, scores, c.added);
+std::vector<double> lookup_source::accept_alone() const {
+    std::vector<double> a;
+    for (const auto & n : nodes_) if (n.alone) a.push_back(n.a);
+    std::sort(a.begin(), a.end(), std::greater<double>());
+    return a;
+}
+
+void lookup_source::add_to(tree_builder & tb, bool alone) {
+    joined_ = true;
+    for (auto & n : nodes_) {
+        n.cand = -1;
+        n.added = false;
+        if (alone && !n.alone) continue;
+        const int32_t parent = n.parent < 0 ? -1 : nodes_[n.parent].cand;
+        if (n.parent >= 0 && parent < 0) continue;  // its parent was left out
+        n.cand = tb.add_node(parent, n.token, (float) std::log(n.a), n.added);
     }
 }
 
 void lookup_source::place(const draft_tree & t, gen_stats & st) {
-    if (n_added_ == 0) return;
+    if (!joined_) return;
     std::vector<int32_t> node_of;
     for (int32_t i = 1; i < t.size(); ++i) {
         if (t.cand[i] >= (int32_t) node_of.size()) node_of.resize(t.cand[i] + 1, -1);
         node_of[t.cand[i]] = i;
     }
-    for (int32_t i = 0; i < n_added_; ++i) {
-        chain & c = chains_[i];
-        for (size_t j = 0; j < c.nodes.size(); ++j) {
-            c.nodes[j] = c.nodes[j] < (int32_t) node_of.size() ? node_of[c.nodes[j]] : -1;
-            if (c.nodes[j] >= 0 && c.added[j]) st.n_lookup_drafted++;
-        }
+    for (auto & n : nodes_) {
+        n.cand = n.cand >= 0 && n.cand < (int32_t) node_of.size() ? node_of[n.cand] : -1;
+        if (n.cand >= 0 && n.added) st.n_lookup_drafted++;
     }
 }
 
@@ -84,18 +179,21 @@ void lookup_source::score(const std::vector<int32_t> & path, acceptance & acc, g
     const bool after = streak_;
     streak_ = false;
     n_run_ = 0;
-    for (int32_t i = 0; i < n_added_; ++i) {
-        const chain & c = chains_[i];
-        for (size_t j = 0; j < c.nodes.size() && c.nodes[j] >= 0; ++j) {
-            const bool hit = path.size() > j + 1 && path[j + 1] == c.nodes[j];
-            acc.count_lookup(c.d.n_match + (int32_t) j, after, (int32_t) j, hit);
-            if (!hit) break;
-            streak_ = true;
-            n_run_ = std::max(n_run_, (int32_t) j + 1);
-            if (c.added[j]) st.n_lookup_accepted++;
-        }
+    if (!joined_) return;
+    joined_ = false;
+    std::vector<char> hit(nodes_.size(), 0);
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+        const node & n = nodes_[i];
+        if (n.cand < 0) continue;
+        const bool parent_hit = n.parent < 0 || hit[n.parent];
+        if (!parent_hit) continue;
+        hit[i] = path.size() > (size_t) n.depth && path[n.depth] == n.cand;
+        if (n.main) acc.count_lookup(n.n_match + n.depth - 1, after, n.depth - 1, hit[i]);
+        if (!hit[i]) continue;
+        streak_ = true;
+        n_run_ = std::max(n_run_, n.depth);
+        if (n.added) st.n_lookup_accepted++;
     }
-    n_added_ = 0;
 }
 
 }  // namespace pyeagle

@@ -1,7 +1,13 @@
-// Prompt lookup as a drafting source: chains copied from what followed earlier occurrences of the
-// context's last tokens (n-gram copying). Catches repeated text, which a one-layer head copies
-// poorly and small models produce often. Its bookkeeping (which tree nodes each chain became, the
-// repeat streak) lives here; its acceptance rates live in the engine's `acceptance` table.
+// Copy drafts: continuations of earlier occurrences of the context's last tokens, as a drafting
+// source beside the head. Two kinds:
+//   prompt lookup  up to a few chains, each what followed one earlier occurrence (longest match
+//                  first, then most recent): n-gram copying
+//   suffix tree    every earlier occurrence of the matched suffix votes for its continuation; the
+//                  continuations form a tree scored by how many occurrences pass through each node
+//                  (SuffixDecoding, arXiv 2411.04975, over this conversation's context)
+// They catch repeated text, which a one-layer head copies poorly and small models produce often.
+// The bookkeeping of a round (which tree node each proposed node became, the repeat streak) lives
+// here; acceptance rates live in the engine's `acceptance` table.
 #pragma once
 
 #include "budget.h"
@@ -26,38 +32,59 @@ struct lookup_draft {
 std::vector<lookup_draft> prompt_lookup(const std::vector<llama_token> & context, int32_t n_max, int32_t n_len,
                                         int32_t n_chains);
 
+// The continuations (up to `depth` tokens, unrolled past the end as above) of every earlier occurrence
+// of the context's longest matched suffix, at most n_max long; occurrences that match at least
+// min(longest, 8) tokens count, the 64 most recent. As a flat tree, parents first, at most n_nodes
+// nodes: those that the most occurrences pass through (ties: shallower first). parent -1: below the
+// root. A linear scan per call (a suffix tree would make it independent of the context's length).
+struct suffix_draft {
+    std::vector<llama_token> token;
+    std::vector<int32_t> parent, depth, count;  // depth >= 1; count: occurrences through the node
+    int32_t n_occ = 0, n_match = 0;             // occurrences used; the longest match
+};
+suffix_draft suffix_lookup(const std::vector<llama_token> & context, int32_t n_max, int32_t depth, int32_t n_nodes);
+
 class lookup_source {
 public:
     static constexpr int32_t n_match_max = 32;
-    // Chain length cap, like a slow start: a chain that fails at once costs a whole verify pass of
-    // its length, so chains grow only as fast as repeats prove themselves: at most twice the
-    // copied tokens the round before accepted or twice the matched suffix, and at least n_len_min.
+    // Depth cap, like a slow start: a copy that fails at once costs a whole verify pass of its
+    // length, so copies grow only as fast as repeats prove themselves: at most twice the copied
+    // tokens the round before accepted or twice the matched suffix, and at least n_len_min.
     static constexpr int32_t n_len_min = 8;
     int32_t n_len_cap(int32_t n_match) const { return std::max({n_len_min, 2 * n_run_, 2 * n_match}); }
 
-    // This round's chains for `context` (committed tokens + root), each step with its estimated
-    // acceptance a_j: the chance that it and every step before it are accepted.
-    void propose(const std::vector<llama_token> & context, int32_t n_len, int32_t n_chains, const acceptance & acc);
-    int32_t n_chains() const { return (int32_t) chains_.size(); }
-    const std::vector<double> & accept(int32_t chain) const { return chains_[chain].a; }
-
-    // Joins the first n_chains chains (each cut to n_len steps) to the candidates, scored log(a_j).
-    void add_to(tree_builder & tb, int32_t n_chains, int32_t n_len);
-    // After the rerank: which tree node each added step became (-1: not kept).
+    // This round's proposal for `context` (committed tokens + root), at most n_len deep: n_chains
+    // prompt-lookup chains, or (suffix) one suffix tree of at most n_len nodes. Each node gets its
+    // estimated acceptance a: the chance that it and its ancestors are accepted.
+    void propose(const std::vector<llama_token> & context, int32_t n_len, int32_t n_chains, bool suffix,
+                 const acceptance & acc);
+    bool empty() const { return nodes_.empty(); }
+    // the estimates of the nodes that a round without the head would verify (the first chain, or the
+    // whole suffix tree), descending
+    std::vector<double> accept_alone() const;
+    // Joins the proposal to the candidates (alone: only what accept_alone() counts), scored log(a).
+    void add_to(tree_builder & tb, bool alone);
+    // After the rerank: which tree node each joined node became (-1: not kept).
     void place(const draft_tree & t, gen_stats & st);
-    // After acceptance: each verified step whose parent was accepted is a try.
+    // After acceptance: count the tries and hits of the proposal's main path (each verified node
+    // whose parent was accepted), the copied tokens accepted, the streak.
     void score(const std::vector<int32_t> & path, acceptance & acc, gen_stats & st);
     void clear_streak() { streak_ = false; n_run_ = 0; }
 
 private:
-    struct chain {
-        lookup_draft d;
-        std::vector<double> a;          // [steps] estimated acceptance, cumulative
-        std::vector<int32_t> nodes;     // [steps added] candidate index, then tree node (-1: not kept)
-        std::vector<bool> added;        // [steps added] new (not merged into a head draft or an earlier chain)
+    struct node {
+        llama_token token;
+        int32_t parent;      // index in nodes_, -1: below the root
+        int32_t depth;       // 1..
+        int32_t n_match;     // the match the node's chain or tree continues
+        double a;            // estimated acceptance (cumulative)
+        bool main;           // on the first chain / the tree's most travelled path: counted for calibration
+        bool alone;          // verified in a round without the head
+        int32_t cand = -1;   // candidate index once joined, then tree node (-1: not kept)
+        bool added = false;  // new when joined (not merged into a head draft or another copy)
     };
-    std::vector<chain> chains_;
-    int32_t n_added_ = 0;  // chains joined to this round's candidates
+    std::vector<node> nodes_;  // parents first
+    bool joined_ = false;
     bool streak_ = false;  // the round before accepted a copied step
     int32_t n_run_ = 0;    // copied steps the round before accepted
 };
@@ -68,7 +95,7 @@ struct round_state {
     acceptance acc;       // how often each kind of draft was accepted
     head_gate gate;       // whether the head pays
     throughput speed;     // tokens per second of recent rounds: the price of time
-    lookup_source lookup; // this round's prompt-lookup chains
+    lookup_source lookup; // this round's copy drafts
 };
 
 }  // namespace pyeagle

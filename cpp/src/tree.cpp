@@ -28,37 +28,27 @@ std::vector<int32_t> tree_builder::best_at_depth(int32_t depth, int32_t k) const
     return idx;
 }
 
-std::vector<int32_t> tree_builder::add_path(const std::vector<llama_token> & tokens, const std::vector<float> & scores,
-                                            std::vector<bool> & added) {
-    std::vector<int32_t> idx;
-    added.clear();
-    int32_t parent = -1;
-    for (size_t j = 0; j < tokens.size(); ++j) {
-        int32_t found = -1;
-        for (int32_t i = parent + 1; i < (int32_t) cands_.size(); ++i) {  // children come after their parent
-            if (cands_[i].parent == parent && cands_[i].token == tokens[j]) { found = i; break; }
-        }
-        if (found < 0) {
-            cands_.push_back({tokens[j], parent, (int32_t) j + 1, scores[j]});
-            found = (int32_t) cands_.size() - 1;
-            added.push_back(true);
-        } else {
-            added.push_back(false);
-            const float delta = scores[j] - cands_[found].score;
-            if (delta > 0) {  // rebase the subtree: children keep their draft log-probs relative to it
-                std::vector<bool> below(cands_.size(), false);
-                below[found] = true;
-                cands_[found].score += delta;
-                for (int32_t i = found + 1; i < (int32_t) cands_.size(); ++i) {
-                    const int32_t p = cands_[i].parent;
-                    if (p >= 0 && below[p]) { below[i] = true; cands_[i].score += delta; }
-                }
-            }
-        }
-        idx.push_back(found);
-        parent = found;
+int32_t tree_builder::add_node(int32_t parent, llama_token token, float score, bool & added) {
+    int32_t found = -1;
+    for (int32_t i = parent + 1; i < (int32_t) cands_.size(); ++i) {  // children come after their parent
+        if (cands_[i].parent == parent && cands_[i].token == token) { found = i; break; }
     }
-    return idx;
+    added = found < 0;
+    if (added) {
+        cands_.push_back({token, parent, parent < 0 ? 1 : cands_[parent].depth + 1, score});
+        return (int32_t) cands_.size() - 1;
+    }
+    const float delta = score - cands_[found].score;
+    if (delta > 0) {  // rebase the subtree: children keep their draft log-probs relative to it
+        std::vector<bool> below(cands_.size(), false);
+        below[found] = true;
+        cands_[found].score += delta;
+        for (int32_t i = found + 1; i < (int32_t) cands_.size(); ++i) {
+            const int32_t p = cands_[i].parent;
+            if (p >= 0 && below[p]) { below[i] = true; cands_[i].score += delta; }
+        }
+    }
+    return found;
 }
 
 draft_tree tree_builder::rerank(int32_t m, float min_score) const {

@@ -47,13 +47,12 @@ public:
     // keeps at most m candidates, each with score >= min_score (log of its path's draft probability)
     draft_tree rerank(int32_t m, float min_score = -INFINITY) const;
 
-    // Adds a drafted path below the root (e.g. a prompt-lookup continuation) with the given
-    // scores, which must decrease along the path. A step that matches an existing candidate (same
+    // Adds one drafted node (e.g. a step of a prompt-lookup copy) below candidate `parent` (-1: the
+    // root); its score must not exceed its parent's. A node that matches an existing candidate (same
     // parent and token) merges with it: its score becomes the larger of the two and its subtree is
     // rebased by the same amount, so a child still never outscores its parent. Returns the
-    // candidate index of each step and, in `added`, whether the step was new.
-    std::vector<int32_t> add_path(const std::vector<llama_token> & tokens, const std::vector<float> & scores,
-                                  std::vector<bool> & added);
+    // candidate's index and, in `added`, whether it was new.
+    int32_t add_node(int32_t parent, llama_token token, float score, bool & added);
 
     std::vector<candidate> & candidates() { return cands_; }
     const std::vector<candidate> & candidates() const { return cands_; }

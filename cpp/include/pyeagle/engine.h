@@ -47,6 +47,10 @@ struct gen_params {
     // 1 to 4. They compete for the tree's places with the head's drafts by their measured acceptance;
     // the target verifies them like any draft, so output is unchanged.
     int32_t  n_lookup    = 64;
+    // copy drafts from a suffix tree (every earlier occurrence of the matched suffix votes for its
+    // continuation; a tree of up to n_lookup nodes scored by votes, SuffixDecoding-style) instead of
+    // prompt-lookup chains
+    bool     suffix      = false;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
     float    temperature = 0.0f;
