@@ -16,34 +16,28 @@ void cost_model::set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t
     measured_at_ = n_past;
 }
 
+// The curve is not smooth: ggml's CPU kernels take rows in blocks of 4 (a batch of 8 can cost less
+// than one of 7), so n between grid points costs what the next grid point costs (the grid is dense
+// where that matters; beyond it a batch is charged as if rounded up).
+size_t cost_model::at_or_above(int32_t n) const {
+    size_t i = 0;
+    while (i + 1 < grid_.size() && grid_[i].first < n) ++i;
+    return i;
+}
+
 double cost_model::verify(int32_t n) const {
-    const auto & c = grid_;
-    if (c.empty()) return 0;
-    if (n <= c.front().first) return c.front().second;
-    for (size_t i = 1; i < c.size(); ++i) {
-        if (n <= c[i].first) {
-            const double f = (double) (n - c[i - 1].first) / (c[i].first - c[i - 1].first);
-            return c[i - 1].second + f * (c[i].second - c[i - 1].second);
-        }
-    }
-    if (c.size() < 2) return c.back().second * n / c.back().first;
-    const auto & a = c[c.size() - 2], & b = c.back();  // beyond the grid: extrapolate linearly
-    return b.second + (double) (n - b.first) * (b.second - a.second) / (b.first - a.first);
+    if (grid_.empty()) return 0;
+    const auto & g = grid_[at_or_above(n)];
+    return n <= g.first ? g.second : g.second * n / g.first;  // beyond the grid: proportional
 }
 
 void cost_model::observe_verify(int32_t n, double seconds) {
     if (grid_.empty() || seconds <= 0) return;
-    // one slow pass (the machine busy for a moment) moves the curve by at most ema
-    const double r = std::clamp(seconds / verify(n), 0.5, 2.0);
-    size_t hi = 0;
-    while (hi + 1 < grid_.size() && grid_[hi].first < n) ++hi;
-    if (hi == 0 || grid_[hi].first <= n) {
-        grid_[hi].second *= 1 + ema * (r - 1);
-        return;
-    }
-    const double f = (double) (n - grid_[hi - 1].first) / (grid_[hi].first - grid_[hi - 1].first);
-    grid_[hi - 1].second *= 1 + ema * (1 - f) * (r - 1);
-    grid_[hi].second *= 1 + ema * f * (r - 1);
+    const size_t i = at_or_above(n);
+    if (grid_[i].first != n) return;  // only passes of a measured size inform the curve
+    // one slow pass (the machine busy for a moment) moves it by at most ema
+    const double r = std::clamp(seconds / grid_[i].second, 0.5, 2.0);
+    grid_[i].second *= 1 + ema * (r - 1);
 }
 
 void cost_model::observe_probe(double seconds) {

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -33,8 +34,8 @@ public:
     int32_t n_max() const { return grid_.empty() ? 0 : grid_.back().first; }
     int32_t measured_at() const { return measured_at_; }
     const std::vector<std::pair<int32_t, double>> & grid() const { return grid_; }
-    double verify(int32_t n) const;  // seconds of one pass over n tokens (interpolated)
-    // an observed pass of n tokens moves the grid points beside n toward it
+    double verify(int32_t n) const;  // seconds of one pass over n tokens
+    // an observed pass of a grid size moves that grid point toward it
     void observe_verify(int32_t n, double seconds);
 
     double probe() const { return probe_; }  // head catch-up prefix + root logits, seconds
@@ -43,6 +44,7 @@ public:
     void observe_step(int32_t n_rows, double seconds);
 
 private:
+    size_t at_or_above(int32_t n) const;  // the first grid point with n or more tokens (or the last)
     std::vector<std::pair<int32_t, double>> grid_;
     int32_t measured_at_ = 0;
     double probe_ = 0;                         // 0: never seen

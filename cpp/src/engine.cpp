@@ -197,8 +197,10 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     const float min_score = gp.p_min > 0.0f ? std::log(gp.p_min) : -INFINITY;
     const bool policy = gp.adaptive && rs.cost.has_curve();
     const bool has_head = head_ || oracle_;
-    // more chains only in bigger trees: with few places a chain that misses displaces a better draft
-    const int32_t n_chains = std::clamp(gp.n_tree / 15, 1, lookup_n_chains);
+    // more chains only in bigger fixed trees: with few places a chain that misses displaces a better
+    // draft. The policy takes one: its estimates are for the best match; other continuations are
+    // the suffix tree's business, which weighs them by their votes.
+    const int32_t n_chains = policy ? 1 : std::clamp(gp.n_tree / 15, 1, lookup_n_chains);
     const int32_t n_len = std::min(gp.n_lookup, gp.n_tree);
     std::vector<llama_token> ctx;
     if (n_len > 0) {
@@ -257,8 +259,9 @@ void engine::count_head(const draft_tree & t, const std::vector<int32_t> & path)
     }
 }
 
-// One verify pass over n = 1, 2, 3, 4, 6, 8, 12, ... tokens (a chain of `filler`) on the current
-// context, after one untimed warm-up pass; the tree is discarded, the committed state is untouched.
+// One verify pass over n = 1, 2, ..., 16, 20, 24, 28, 32, 40, 48, 60, 72, ... tokens (a chain of
+// `filler`) on the current context, after one untimed warm-up pass; the tree is discarded, the
+// committed state is untouched. Dense where trees usually are: the cost is not smooth in n.
 void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
     auto pass = [&](int32_t n) {
         std::vector<llama_token> tok(n, filler);
@@ -272,7 +275,8 @@ void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
     };
     pass(1);
     std::vector<std::pair<int32_t, double>> grid;
-    for (int32_t n = 1; n <= n_max; n = n < 4 ? n + 1 : n + n / 2) grid.emplace_back(n, pass(n));
+    for (int32_t n = 1; n <= n_max; n = n < 16 ? n + 1 : n + 4 * std::max(1, n / 16)) grid.emplace_back(n, pass(n));
+    if (grid.back().first < n_max) grid.emplace_back(n_max, pass(n_max));
     rs_->cost.set_curve(std::move(grid), target_->n_past());
 }
 

@@ -106,8 +106,9 @@ void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len,
     nodes_.clear();
     joined_ = false;
     if (n_len < 1 || n_chains < 1) return;
+    const double bias = this->bias();
     auto chain_a = [&](int32_t n_match, int32_t depth) {
-        double a = acc.lookup_first(n_match, streak_);
+        double a = std::min(1.0, bias * acc.lookup_first(n_match, streak_));
         for (int32_t j = 1; j < depth; ++j) a *= acc.lookup_next(n_match + j, streak_);
         return a;
     };
@@ -182,17 +183,28 @@ void lookup_source::score(const std::vector<int32_t> & path, acceptance & acc, g
     if (!joined_) return;
     joined_ = false;
     std::vector<char> hit(nodes_.size(), 0);
+    double expect = 0;
+    int32_t n_hit = 0;
     for (size_t i = 0; i < nodes_.size(); ++i) {
         const node & n = nodes_[i];
         if (n.cand < 0) continue;
+        if (n.main) expect += n.a;
         const bool parent_hit = n.parent < 0 || hit[n.parent];
         if (!parent_hit) continue;
         hit[i] = path.size() > (size_t) n.depth && path[n.depth] == n.cand;
-        if (n.main) acc.count_lookup(n.n_match + n.depth - 1, after, n.depth - 1, hit[i]);
+        if (n.main) {
+            acc.count_lookup(n.n_match + n.depth - 1, after, n.depth - 1, hit[i]);
+            n_hit += hit[i];
+        }
         if (!hit[i]) continue;
         streak_ = true;
         n_run_ = std::max(n_run_, n.depth);
         if (n.added) st.n_lookup_accepted++;
+    }
+    if (expect > 0) {
+        constexpr double w = 0.2;
+        n_hit_ += w * (n_hit - n_hit_);
+        n_expect_ += w * (expect - n_expect_);
     }
 }
 

@@ -87,6 +87,11 @@ private:
     bool joined_ = false;
     bool streak_ = false;  // the round before accepted a copied step
     int32_t n_run_ = 0;    // copied steps the round before accepted
+    // Recent main-path copies: accepted steps and the steps the estimates expected (EMAs). Their ratio
+    // scales the estimates, so that text where copies keep failing (a long match, then a different
+    // continuation) stops being bet on within a few rounds, whatever the rates say.
+    double n_hit_ = 1.0, n_expect_ = 1.0;
+    double bias() const { return std::clamp(n_hit_ / n_expect_, 0.25, 1.5); }
 };
 
 // What the engine measures and keeps across generate() calls.
