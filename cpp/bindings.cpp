@@ -241,6 +241,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("adaptive", &gen_params::adaptive)
         .def_readwrite("n_lookup", &gen_params::n_lookup)
         .def_readwrite("suffix", &gen_params::suffix)
+        .def_readwrite("copy_only", &gen_params::copy_only)
         .def_readwrite("draft", &gen_params::draft)
         .def_readwrite("temperature", &gen_params::temperature)
         .def_readwrite("top_p", &gen_params::top_p)

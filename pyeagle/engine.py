@@ -22,7 +22,8 @@ Prompt = Union[str, Sequence[int]]
 # machine (a 2-core CPU pays 2.4 single steps for 3 tokens, a GPU about one for 60) and the
 # acceptance rates of its drafts. So one set of defaults serves CPUs and GPUs. adaptive=False turns
 # the policy off: every round then verifies the head's n_tree best drafts (the tree sweep's mode).
-DEFAULT_TREE = dict(n_depth=8, n_top_k=8, n_tree=64, p_min=0.0, adaptive=True, n_lookup=64, suffix=False)
+DEFAULT_TREE = dict(n_depth=8, n_top_k=8, n_tree=64, p_min=0.0, adaptive=True, n_lookup=64, suffix=False,
+                    copy_only=False)
 
 # The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
 TREE_FLAGS = (("--draft-depth", "n_depth", int, "draft tree expansion steps (n_depth)"),
@@ -44,17 +45,20 @@ def add_tree_args(ap) -> None:
     ap.add_argument("--draft-suffix", dest="suffix", action=argparse.BooleanOptionalAction, default=None,
                     help="copy drafts from a suffix tree of the context (every earlier occurrence of the "
                          "matched suffix votes) instead of prompt-lookup chains (default: off)")
+    ap.add_argument("--draft-copy-only", dest="copy_only", action=argparse.BooleanOptionalAction, default=None,
+                    help="draft only copies (prompt lookup / suffix tree), never the head (default: off)")
 
 
 def tree_kwargs(args) -> dict:
     """The tree options given on a command line (None: the engine's default)."""
-    return {name: getattr(args, name) for name in [f[1] for f in TREE_FLAGS] + ["adaptive", "suffix"]}
+    return {name: getattr(args, name) for name in [f[1] for f in TREE_FLAGS] + ["adaptive", "suffix", "copy_only"]}
 
 
 def tree_argv(args) -> list[str]:
     """The tree options given on a command line, as flags again (for a child process)."""
     out = [x for flag, name, _, _ in TREE_FLAGS if getattr(args, name) is not None for x in (flag, str(getattr(args, name)))]
-    for name, flag in (("adaptive", "--draft-adaptive"), ("suffix", "--draft-suffix")):
+    for name, flag in (("adaptive", "--draft-adaptive"), ("suffix", "--draft-suffix"),
+                       ("copy_only", "--draft-copy-only")):
         if getattr(args, name) is not None:
             out.append(flag if getattr(args, name) else "--no-" + flag[2:])
     return out
@@ -84,7 +88,8 @@ class Engine:
                  n_ctx: int = 4096, n_threads: int = 0, n_gpu_layers: int = 0, n_batch: int = 512,
                  n_depth: int | None = None, n_top_k: int | None = None, n_tree: int | None = None,
                  p_min: float | None = None, adaptive: bool | None = None, flash_attn: int = -1,
-                 kv_f32: bool = False, n_lookup: int | None = None, suffix: bool | None = None):
+                 kv_f32: bool = False, n_lookup: int | None = None, suffix: bool | None = None,
+                 copy_only: bool | None = None):
         if target is None:
             from . import models
             target = models.default_target()
@@ -98,7 +103,7 @@ class Engine:
                                       n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
                                       kv_f32=kv_f32)
         self.tree = with_overrides(DEFAULT_TREE, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
-                                   adaptive=adaptive, n_lookup=n_lookup, suffix=suffix)
+                                   adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only)
         self._lock = threading.Lock()
 
     # --- facts --------------------------------------------------------------------------
@@ -121,11 +126,11 @@ class Engine:
                  top_k: int = 0, seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
                  draft: bool = True, n_depth: int | None = None, n_top_k: int | None = None,
                  n_tree: int | None = None, p_min: float | None = None, adaptive: bool | None = None,
-                 n_lookup: int | None = None, suffix: bool | None = None) -> Output:
+                 n_lookup: int | None = None, suffix: bool | None = None, copy_only: bool | None = None) -> Output:
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
                                n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min, adaptive=adaptive,
-                               n_lookup=n_lookup, suffix=suffix):
+                               n_lookup=n_lookup, suffix=suffix, copy_only=copy_only):
             if isinstance(piece, Output):
                 out = piece
         assert out is not None

@@ -151,3 +151,19 @@ def test_suffix_tree_drafts_keep_greedy_exact(tiny_f32, reference, random_heads,
         accepted += out.stats.n_lookup_accepted
     if pattern:
         assert accepted > 0
+
+
+@pytest.mark.parametrize("suffix", [False, True])
+@pytest.mark.parametrize("with_head", [False, True])
+def test_copy_only_drafting_needs_no_head_and_keeps_greedy_exact(tiny_f32, reference, random_heads, with_head, suffix):
+    eng = Engine(str(tiny_f32), draft=str(random_heads["eagle12"]) if with_head else None, **EXACT)
+    eng._core.set_forced_kinds(["lookup"])  # every round verifies its copy: deterministic, and it drafts
+    drafted = 0
+    for p in [*PROMPTS, REPEAT]:
+        out = eng.generate(p, max_tokens=40, n_tree=16, n_lookup=16, copy_only=True, suffix=suffix)
+        assert out.tokens == reference[p], f"prompt {p!r}"
+        assert out.stats.rounds_by_kind["head"] == 0
+        drafted += out.stats.n_lookup_drafted
+    assert drafted > 0
+    # without copy_only a head-less engine decodes plainly, as before
+    assert Engine(str(tiny_f32), draft=None, **EXACT).generate(REPEAT, max_tokens=20).stats.n_drafted == 0

@@ -196,7 +196,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     const auto t0 = clock_t_::now();
     const float min_score = gp.p_min > 0.0f ? std::log(gp.p_min) : -INFINITY;
     const bool policy = gp.adaptive && rs.cost.has_curve();
-    const bool has_head = head_ || oracle_;
+    const bool has_head = (head_ || oracle_) && !gp.copy_only;
     // more chains only in bigger fixed trees: with few places a chain that misses displaces a better
     // draft. The policy takes one: its estimates are for the best match; other continuations are
     // the suffix tree's business, which weighs them by their votes.
@@ -298,9 +298,9 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
     rs_->lookup.clear_streak();
     n_forced_ = 0;
     target_->clear_abort();
-    const bool drafting = gp.draft && gp.n_tree > 0 && (head_ || oracle_);
+    const bool drafting = gp.draft && gp.n_tree > 0 && (gp.copy_only ? gp.n_lookup > 0 : head_ || oracle_);
     const int32_t nf = head_ ? head_->n_feature() : 0;
-    target_->set_features(drafting && head_ && !oracle_);
+    target_->set_features(drafting && head_ && !oracle_ && !gp.copy_only);
 
     gen_result res;
     gen_stats & st = res.stats;

@@ -51,6 +51,8 @@ struct gen_params {
     // continuation; a tree of up to n_lookup nodes scored by votes, SuffixDecoding-style) instead of
     // prompt-lookup chains
     bool     suffix      = false;
+    // draft only copies (prompt lookup or the suffix tree), never the head; also without a head
+    bool     copy_only   = false;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
     float    temperature = 0.0f;
