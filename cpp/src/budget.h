@@ -19,10 +19,15 @@
 
 namespace pyeagle {
 
-// Tries and hits of one kind of draft step. p() blends in a prior worth `weight` tries.
+// Tries and hits of one kind of draft step. p() blends in a prior worth `weight` tries. Past 256
+// tries both halve: the rate follows the text rather than the whole history of the engine.
 struct rate_count {
     double tried = 0, hit = 0;
-    void add(bool h) { tried += 1; hit += h ? 1 : 0; }
+    void add(bool h) {
+        if (tried >= 256) { tried *= 0.5; hit *= 0.5; }
+        tried += 1;
+        hit += h ? 1 : 0;
+    }
     double p(double prior, double weight = 2.0) const { return (hit + prior * weight) / (tried + weight); }
 };
 

@@ -1,4 +1,4 @@
-// The round loop: draft -> verify -> accept -> commit (ARCHITECTURE.md, "One round").
+// The round loop: plan -> verify -> accept -> commit -> emit (docs/ARCHITECTURE.md, "One round").
 //
 // State between rounds: the target's KV holds the committed tokens (n_past); `root` is the last
 // produced token, emitted but not yet in the KV; features_ holds the target feature of every
@@ -85,7 +85,7 @@ void engine::sync_head(int32_t root) {
     head_->prefix(next.data(), features_.data() + (size_t) t0 * nf, t0, n_past - t0);
 }
 
-// EAGLE-2 expansion (REFERENCE.md section 2) into the candidates of `tb`. Scores are the head's path
+// EAGLE-2 expansion (docs/ARCHITECTURE.md, "The algorithm") into the candidates of `tb`. Scores are the head's path
 // log-probabilities or, `calibrated`, the log of each path's estimated acceptance (the policy's
 // table, by depth and the head's probability); then expansion also stops where a frontier node is
 // too unlikely for any child of it to pay for its place in the verify pass.

@@ -180,7 +180,10 @@ void lookup_source::score(const std::vector<int32_t> & path, acceptance & acc, g
     const bool after = streak_;
     streak_ = false;
     n_run_ = 0;
-    if (!joined_) return;
+    if (!joined_) {
+        n_hit_ += 0.05 * (n_expect_ - n_hit_);
+        return;
+    }
     joined_ = false;
     std::vector<char> hit(nodes_.size(), 0);
     double expect = 0;
@@ -205,6 +208,8 @@ void lookup_source::score(const std::vector<int32_t> & path, acceptance & acc, g
         constexpr double w = 0.2;
         n_hit_ += w * (n_hit - n_hit_);
         n_expect_ += w * (expect - n_expect_);
+    } else {
+        n_hit_ += 0.05 * (n_expect_ - n_hit_);
     }
 }
 

@@ -69,7 +69,8 @@ public:
     // After acceptance: count the tries and hits of the proposal's main path (each verified node
     // whose parent was accepted), the copied tokens accepted, the streak.
     void score(const std::vector<int32_t> & path, acceptance & acc, gen_stats & st);
-    void clear_streak() { streak_ = false; n_run_ = 0; }
+    // a new generation: no streak, and the estimates unscaled (new text)
+    void clear_streak() { streak_ = false; n_run_ = 0; n_hit_ = n_expect_ = 1.0; }
 
 private:
     struct node {
@@ -89,7 +90,8 @@ private:
     int32_t n_run_ = 0;    // copied steps the round before accepted
     // Recent main-path copies: accepted steps and the steps the estimates expected (EMAs). Their ratio
     // scales the estimates, so that text where copies keep failing (a long match, then a different
-    // continuation) stops being bet on within a few rounds, whatever the rates say.
+    // continuation) stops being bet on within a few rounds, whatever the rates say. Rounds that
+    // verify no copy relax it back toward 1, or a low ratio would keep copies from ever being tried.
     double n_hit_ = 1.0, n_expect_ = 1.0;
     double bias() const { return std::clamp(n_hit_ / n_expect_, 0.25, 1.5); }
 };

@@ -1,4 +1,4 @@
-"""Training an EAGLE-1/2 or EAGLE-3 head (REFERENCE.md section 4) and exporting it.
+"""Training an EAGLE-1/2 or EAGLE-3 head (docs/TRAINING.md) and exporting it.
 
 The head: fc(concat(embed(token t+1), feature t)) -> one Llama decoder layer without input norm
 -> y, the predicted feature t+1; logits = W y with W the target's (frozen) output matrix, or the
