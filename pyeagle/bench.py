@@ -388,17 +388,23 @@ def machine() -> dict:
 
 
 def git_commit() -> str | None:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev.stdout.strip() + (" (uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+    """The pyeagle checkout's commit: the one this module sits in, else the current directory's (an
+    installed package sits in site-packages, which may be inside some other repository)."""
+    for place in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        try:
+            top = subprocess.run(["git", "-C", str(place), "rev-parse", "--show-toplevel"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+            project = Path(top) / "pyproject.toml" if top else None
+            if not project or not project.exists() or 'name = "pyeagle"' not in project.read_text():
+                continue
+            rev = subprocess.run(["git", "-C", top, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", top, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return rev + (" (uncommitted changes)" if dirty else "") if rev else None
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
 
 
 def busy_note(m: dict) -> list[str]:
