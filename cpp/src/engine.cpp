@@ -186,11 +186,11 @@ void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated
     }
 }
 
-// The round policy (budget.h). Prompt lookup is proposed first (microseconds); the best head-free
-// option is a plain step or the lookup chain cut where (1 + expected accepted) / verify time peaks.
-// The head runs only if head_gate expects it to pay here; its tree (with the lookup chains joined)
-// is then cut the same way, with the drafting time already spent counted in. With the policy off
-// (gp.adaptive false) every round verifies the head's n_tree best nodes.
+// The round policy (budget.h, docs/ARCHITECTURE.md). Copies are proposed first (microseconds); the
+// best head-free option is a plain step or the copy cut where its value, expected tokens - price of
+// time * seconds, peaks. The head runs only if head_gate finds it has been paying here; its tree
+// (with the copies joined) is then cut the same way. Forced kinds (a test hook) override the
+// choice. With the policy off (gp.adaptive false) every round verifies the n_tree best drafts.
 round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st) {
     round_state & rs = *rs_;
     const auto t0 = clock_t_::now();
