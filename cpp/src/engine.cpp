@@ -51,18 +51,6 @@ engine::engine(const engine_params & params) : params_(params), rs_(std::make_un
     } else {
         target_ = std::make_unique<target>(tp);
     }
-    if (head_) {
-        // the round policy's verify cost curve, measured at load rather than in the first reply's
-        // time to first token: over a short filler context, for trees up to the default cap
-        const int32_t n_fill = 32, n_max = std::min({65, target_->n_batch(), target_->n_ctx() - n_fill - 1});
-        if (n_max >= 2) {
-            std::vector<llama_token> fill(n_fill, std::max<llama_token>(target_->bos(), 0));
-            target_->set_features(true);
-            target_->prefill(fill.data(), n_fill);
-            measure_verify_cost(n_max, fill[0]);
-            target_->clear();
-        }
-    }
 }
 
 engine::~engine() = default;
