@@ -24,6 +24,14 @@ namespace {
 using clock_t_ = std::chrono::steady_clock;
 double since(clock_t_::time_point t0) { return std::chrono::duration<double>(clock_t_::now() - t0).count(); }
 constexpr int32_t lookup_n_chains = 4;  // most prompt-lookup chains in one tree
+
+// the candidates' estimates exp(score) at or above min_score, best first (the policy's best_size input)
+std::vector<double> estimates_desc(const tree_builder & tb, float min_score = -INFINITY) {
+    std::vector<double> a;
+    for (const auto & c : tb.candidates()) if (c.score >= min_score) a.push_back(std::exp((double) c.score));
+    std::sort(a.begin(), a.end(), std::greater<double>());
+    return a;
+}
 }  // namespace
 
 
@@ -132,29 +140,25 @@ void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated
         add(-1, nullptr);
     }
     rs.cost.observe_probe(since(t0));
-    std::vector<float> scores;
     for (int32_t depth = 1; depth < gp.n_depth; ++depth) {
         // children of a candidate never outscore it: stop once no frontier node can enter the best n_tree
         std::vector<int32_t> frontier = tb.best_at_depth(depth, k);
         // below the floor a node's children are too: they are never verified, so never expanded
         while (!frontier.empty() && tb.candidates()[frontier.back()].score < min_score) frontier.pop_back();
         const auto & cands = tb.candidates();
-        scores.clear();
-        for (const auto & c : cands) scores.push_back(std::exp(c.score));
-        std::sort(scores.begin(), scores.end(), std::greater<float>());
+        const std::vector<double> scores = estimates_desc(tb);
         if (calibrated && rs.cost.has_curve()) {
             // a child (estimate <= its parent's) is worth its place only if its estimate beats the
             // price of the time it adds: its row in the expansion and one more node in the verify
             const double rate = rs.speed.rate();
-            const size_choice now = best_size(std::vector<double>(scores.begin(), scores.end()), since(t0),
-                                              rs.cost, gp.n_tree, rate);
+            const size_choice now = best_size(scores, since(t0), rs.cost, gp.n_tree, rate);
             const int32_t n_rows = std::min<int32_t>(k, (int32_t) frontier.size());
             const double extra = rs.cost.verify(now.m + 2) - rs.cost.verify(now.m + 1) + rs.cost.step(n_rows) / n_rows;
             const double floor = rate * extra;
             while (!frontier.empty() && std::exp(cands[frontier.back()].score) < floor) frontier.pop_back();
         }
         if (frontier.empty()) break;
-        if ((int32_t) scores.size() >= gp.n_tree && std::exp(cands[frontier[0]].score) < scores[gp.n_tree - 1]) break;
+        if ((int32_t) scores.size() >= gp.n_tree && std::exp((double) cands[frontier[0]].score) < scores[gp.n_tree - 1]) break;
         if (oracle_) {
             for (int32_t f : frontier) add(f, nullptr);
             continue;
@@ -231,10 +235,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
         rs.lookup.add_to(tb, false);
         m = gp.n_tree;
         if (policy) {
-            std::vector<double> a;
-            for (const auto & c : tb.candidates()) if (c.score >= min_score) a.push_back(std::exp((double) c.score));
-            std::sort(a.begin(), a.end(), std::greater<double>());
-            m = best_size(a, since(t0), rs.cost, gp.n_tree, rs.speed.rate()).m;
+            m = best_size(estimates_desc(tb, min_score), since(t0), rs.cost, gp.n_tree, rs.speed.rate()).m;
             rs.gate.begin(alone.m > 0, alone.value(rs.speed.rate()), rs.speed.rate());
         }
     } else if (kind == round_kind::lookup) {
