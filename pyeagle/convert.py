@@ -334,7 +334,7 @@ class HeadParams:
     n_vocab_draft: int         # Vd
     fc_bias: bool
     qkv_bias: bool
-    rope_scaling: dict | None  # {"type": "linear"|"llama3", ...} or None
+    rope_scaling: dict | None  # {"type": "linear"|"llama3"|"yarn", ...} or None
     target_hidden: int         # h_t
     taps: list[int] = field(default_factory=list)      # EAGLE-3: tapped target layers (inputs of)
     norm_before_residual: bool = False
@@ -390,6 +390,8 @@ def detect_kind(config: dict, names: Sequence[str], shapes: dict[str, tuple[int,
 
 
 def _rope_scaling(config: dict, source: Path) -> dict | None:
+    """The config's rope_scaling (HF spells its kind `rope_type` or `type`) as the runtime runs it;
+    anything it cannot run is refused here, with the reason."""
     rs = config.get("rope_scaling")
     if not rs:
         return None
@@ -403,7 +405,20 @@ def _rope_scaling(config: dict, source: Path) -> dict | None:
                 "low_freq_factor": float(rs.get("low_freq_factor", 1.0)),
                 "high_freq_factor": float(rs.get("high_freq_factor", 4.0)),
                 "original_max_position_embeddings": int(rs.get("original_max_position_embeddings", 8192))}
-    raise ConversionError(f"{source}: rope_scaling type {kind!r} is not supported (only linear and llama3)")
+    if kind == "yarn":
+        if rs.get("mscale") or rs.get("mscale_all_dim") or rs.get("truncate") is False:
+            raise ConversionError(f"{source}: yarn rope_scaling with mscale / mscale_all_dim / truncate=false "
+                                  "(DeepSeek-style) is not supported")
+        factor = float(rs["factor"])
+        # ggml's yarn multiplies cos/sin by 1 + 0.1 ln(factor) itself (HF's default attention_factor);
+        # an explicit attention_factor is passed as the ratio to that
+        attn = rs.get("attention_factor")
+        return {"type": "yarn", "factor": factor,
+                "original_max_position_embeddings": int(rs.get("original_max_position_embeddings")
+                                                        or config.get("max_position_embeddings", 2048)),
+                "beta_fast": float(rs.get("beta_fast") or 32.0), "beta_slow": float(rs.get("beta_slow") or 1.0),
+                "attn_factor": 1.0 if attn is None else float(attn) / (1.0 + 0.1 * math.log(factor))}
+    raise ConversionError(f"{source}: rope_scaling type {kind!r} is not supported (linear, llama3 and yarn are)")
 
 
 def llama3_rope_factors(head_dim: int, theta: float, rs: dict) -> np.ndarray:
@@ -617,9 +632,18 @@ def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt:
     if p.head_dim * p.n_head != p.n_embd:
         w.add_key_length(p.head_dim)
         w.add_value_length(p.head_dim)
-    if p.rope_scaling and p.rope_scaling["type"] == "linear":
+    rs = p.rope_scaling or {}
+    if rs.get("type") == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(p.rope_scaling["factor"])
+        w.add_rope_scaling_factor(rs["factor"])
+    elif rs.get("type") == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rs["factor"])
+        w.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
+        w.add_rope_scaling_yarn_beta_fast(rs["beta_fast"])
+        w.add_rope_scaling_yarn_beta_slow(rs["beta_slow"])
+        if rs["attn_factor"] != 1.0:
+            w.add_rope_scaling_attn_factors(rs["attn_factor"])
     if arch == "eagle3":
         # as llama.cpp's converter writes them: vocab_size is the target's (Vd is d2t's length)
         w.add_vocab_size(p.n_vocab)

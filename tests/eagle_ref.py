@@ -43,14 +43,16 @@ def target_matrix(reader: gguf.GGUFReader, name: str) -> np.ndarray | None:
     return None
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> tuple[np.ndarray, float]:
-    """HF's inverse frequencies [head_dim/2] and the position scale (linear scaling)."""
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None,
+                  max_pos: int = 2048) -> tuple[np.ndarray, float, float]:
+    """HF's inverse frequencies [head_dim/2], the position scale (linear scaling) and the factor on
+    cos/sin (yarn's attention_factor), as transformers' rope_init_fns compute them."""
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     if not scaling:
-        return inv_freq, 1.0
+        return inv_freq, 1.0, 1.0
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "linear":
-        return inv_freq, 1.0 / float(scaling["factor"])
+        return inv_freq, 1.0 / float(scaling["factor"]), 1.0
     if kind == "llama3":  # transformers' _compute_llama3_parameters
         factor = float(scaling.get("factor", 8.0))
         lo, hi = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
@@ -60,7 +62,24 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> tuple[np
         smooth = (n_orig / wavelen - lo) / (hi - lo)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < n_orig / hi) & ~(wavelen > n_orig / lo)
-        return np.where(medium, smoothed, scaled), 1.0
+        return np.where(medium, smoothed, scaled), 1.0, 1.0
+    if kind == "yarn":  # transformers' _compute_yarn_parameters (truncate=True), factor as given
+        factor = float(scaling["factor"])
+        n_orig = float(scaling.get("original_max_position_embeddings") or max_pos)
+        beta_fast, beta_slow = float(scaling.get("beta_fast") or 32), float(scaling.get("beta_slow") or 1)
+        attention = scaling.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+
+        def correction_dim(rotations: float) -> float:
+            return head_dim * math.log(n_orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low = max(math.floor(correction_dim(beta_fast)), 0)
+        high = min(math.ceil(correction_dim(beta_slow)), head_dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(head_dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        extrapolation = 1 - ramp
+        inv = inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
+        return inv, 1.0, float(attention)
     raise ValueError(f"rope scaling {kind} not in the reference")
 
 
@@ -88,8 +107,8 @@ class EagleRef:
         self.head_dim = cfg.get("head_dim") or self.h // self.n_head
         self.eps = cfg.get("rms_norm_eps", 1e-6)
         self.norm_before_residual = bool(cfg.get("norm_before_residual", False))
-        self.inv_freq, self.pos_scale = rope_inv_freq(self.head_dim, cfg.get("rope_theta", 10000.0),
-                                                      cfg.get("rope_scaling"))
+        self.inv_freq, self.pos_scale, self.cos_scale = rope_inv_freq(
+            self.head_dim, cfg.get("rope_theta", 10000.0), cfg.get("rope_scaling"), cfg.get("max_position_embeddings", 2048))
 
         reader = gguf.GGUFReader(target_gguf)
         target_embd = target_matrix(reader, "token_embd.weight")
@@ -115,8 +134,8 @@ class EagleRef:
         k = self._linear(x, p + "k_proj").reshape(n, self.n_head_kv, d)
         v = self._linear(x, p + "v_proj").reshape(n, self.n_head_kv, d)
         angles = (positions.astype(np.float64) * self.pos_scale)[:, None] * self.inv_freq[None, :]
-        cos = np.cos(np.concatenate([angles, angles], axis=-1))[:, None, :]
-        sin = np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
+        cos = self.cos_scale * np.cos(np.concatenate([angles, angles], axis=-1))[:, None, :]
+        sin = self.cos_scale * np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         group = self.n_head // self.n_head_kv

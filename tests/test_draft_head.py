@@ -61,25 +61,53 @@ def tiny_target(tmp_path_factory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("dh") / "target.gguf", TinySpec(n_layer=4))
 
 
-@pytest.mark.parametrize("kind", ["eagle12", "eagle12_nobias_noembed", "eagle12_reduced", "eagle3"])
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 16}
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+
+# Every converter variant the runtime must run (docs/FORMAT.md, "What runs"): RoPE none / linear /
+# llama3 / yarn (HF spells the kind `rope_type` or `type`), head_dim != hidden / heads,
+# norm_before_residual, taps up to the final layer's output, fc / qkv biases, own or borrowed
+# embedding, tied (the target's) or own lm_head, d2t / t2d.
+VARIANTS = {
+    "eagle12": dict(kind="eagle12", qkv_bias=True),
+    "eagle12_nobias_noembed": dict(kind="eagle12", fc_bias=False, embed=False),
+    "eagle12_reduced": dict(kind="eagle12", draft_vocab=100),
+    "eagle12_linear_headdim": dict(kind="eagle12", embed=False, head_dim=32, rope_theta=500.0,
+                                   config_extra={"rope_scaling": {"type": "linear", "factor": 2.0}}),
+    "eagle12_llama3": dict(kind="eagle12", embed=False, rope_theta=500.0, config_extra={"rope_scaling": LLAMA3}),
+    "eagle12_yarn": dict(kind="eagle12", embed=False, rope_theta=500.0, config_extra={"rope_scaling": YARN}),
+    "eagle3": dict(kind="eagle3", taps=[0, 2, 3]),
+    "eagle3_final_tap_llama3": dict(kind="eagle3", taps=[1, 2, 4], embed=True, rope_theta=500.0,
+                                    config_extra={"rope_scaling": LLAMA3}),
+    "eagle3_norm_before_residual_yarn_headdim": dict(
+        kind="eagle3", taps=[0, 2, 3], head_dim=32, rope_theta=500.0,
+        config_extra={"norm_before_residual": True, "rope_scaling": {**YARN, "beta_fast": 16, "beta_slow": 2}}),
+    "eagle3_full_vocab_no_t2d": dict(kind="eagle3", taps=[0, 2, 3], draft_vocab=None),
+}
+
+
+def write_variant(ck: Path, target: Path, variant: str) -> None:
+    kw = dict(VARIANTS[variant])
+    write = write_eagle3 if kw.pop("kind") == "eagle3" else write_eagle12
+    write(ck, **target_dims(target), **kw)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("outtype,tol", [("f32", 2e-3), ("f16", 6e-2)])
-def test_forward_matches_numpy_reference(tiny_target, tmp_path, kind, outtype, tol):
-    dims = target_dims(tiny_target)
+def test_forward_matches_numpy_reference(tiny_target, tmp_path, variant, outtype, tol):
     ck = tmp_path / "ckpt"
-    if kind == "eagle3":
-        write_eagle3(ck, **dims, taps=[0, 2, 3])
-    elif kind == "eagle12_reduced":
-        write_eagle12(ck, **dims, draft_vocab=100)
-    elif kind == "eagle12_nobias_noembed":
-        write_eagle12(ck, **dims, fc_bias=False, embed=False)
-    else:
-        write_eagle12(ck, **dims, qkv_bias=True)
+    write_variant(ck, tiny_target, variant)
     out = convert(ck, tiny_target, tmp_path / "head.gguf", outtype=outtype)
     tgt = Target(str(tiny_target), n_ctx=256, n_threads=1)
     head = DraftHead(str(out), tgt, n_ctx=64, n_batch=16)
-    assert head.eagle3 == (kind == "eagle3")
+    eagle3 = VARIANTS[variant]["kind"] == "eagle3"
+    assert head.eagle3 == eagle3
+    if "headdim" in variant:
+        assert head.head_dim == 32 != head.n_embd // 4
     ref = EagleRef(ck, tiny_target)
-    for got, want in run_both(head, ref, tgt, kind == "eagle3", np.random.default_rng(0)):
+    assert head.norm_before_residual == ref.norm_before_residual
+    for got, want in run_both(head, ref, tgt, eagle3, np.random.default_rng(0)):
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale)
     # rollback drops the tree cells; the prefix stays
@@ -87,13 +115,62 @@ def test_forward_matches_numpy_reference(tiny_target, tmp_path, kind, outtype, t
     assert head.n_kv == head.n_committed == 7
 
 
-def test_head_refuses_wrong_target(tiny_target, tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_borrowed_lm_head_is_the_targets_output_matrix(tmp_path, tied):
+    """A head without an lm_head drafts over the target's output matrix, tied (token_embd) or not."""
+    target = write_tiny_llama(tmp_path / "t.gguf", TinySpec(n_layer=2, tied=tied, seed=3))
+    write_eagle12(tmp_path / "ck", **target_dims(target), embed=False)
+    out = convert(tmp_path / "ck", target, tmp_path / "head.gguf")
+    tgt = Target(str(target), n_ctx=128, n_threads=1)
+    head = DraftHead(str(out), tgt, n_ctx=64, n_batch=16)
+    assert head.n_draft_vocab == tgt.n_vocab
+    ref = EagleRef(tmp_path / "ck", target)
+    for got, want in run_both(head, ref, tgt, False, np.random.default_rng(1)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * max(1.0, float(np.abs(want).max())))
+
+
+def test_reference_rope_variants_differ(tiny_target, tmp_path):
+    """The RoPE variants above are not vacuous: at these positions each changes the head's output."""
+    n = 12
+    rng = np.random.default_rng(0)
+    toks, feats = rng.integers(5, 100, n), list(rng.standard_normal((n, 64)))
+    outs = []
+    for i, scaling in enumerate([None, {"type": "linear", "factor": 2.0}, LLAMA3, YARN]):
+        write_eagle12(tmp_path / str(i), **target_dims(tiny_target), embed=False, rope_theta=500.0,
+                      config_extra={"rope_scaling": scaling})
+        ref = EagleRef(tmp_path / str(i), tiny_target)
+        outs.append(ref.forward(toks, feats, np.arange(n) * 3, np.tril(np.ones((n, n), bool)))[0])
+    for y in outs[1:]:
+        assert np.abs(y - outs[0]).max() > 1e-3
+
+
+WRONG_TARGETS = {
+    "hidden": (TinySpec(n_embd=32, n_head=2, n_head_kv=1, n_ff=64), "hidden size"),
+    "vocab_size": (TinySpec(n_layer=4, extra_tokens=3), "vocabulary of"),
+    "vocab_hash": (TinySpec(n_layer=4, renamed=True), "another vocabulary"),
+    "taps": (TinySpec(n_layer=2), "taps layer 4|tap layer 4"),
+}
+
+
+@pytest.mark.parametrize("kind,wrong", [(k, w) for k in ("eagle12", "eagle3") for w in WRONG_TARGETS
+                                        if (k, w) != ("eagle12", "taps")])  # EAGLE-1/2 heads have no taps
+def test_head_refuses_wrong_target(tiny_target, tmp_path, wrong, kind):
+    """A head made for another target raises ModelFileError naming both files and the mismatch,
+    from DraftHead and from Engine (which reads an EAGLE-3 head's taps before the target loads)."""
+    from pyeagle import Engine
     dims = target_dims(tiny_target)
-    write_eagle12(tmp_path / "ck", **dims)
-    out = convert(tmp_path / "ck", tiny_target, tmp_path / "head.gguf")
-    other = write_tiny_llama(tmp_path / "other.gguf", TinySpec(n_embd=32, n_head=2, n_head_kv=1, n_ff=64))
-    with pytest.raises(ValueError, match="hidden"):
-        DraftHead(str(out), Target(str(other), n_ctx=64), n_ctx=64, n_batch=8)
+    if kind == "eagle3":
+        write_eagle3(tmp_path / "ck", **dims, taps=[0, 2, 4])
+    else:
+        write_eagle12(tmp_path / "ck", **dims)
+    head = convert(tmp_path / "ck", tiny_target, tmp_path / "head.gguf")
+    spec, what = WRONG_TARGETS[wrong]
+    other = write_tiny_llama(tmp_path / "other.gguf", spec)
+    pattern = rf"head\.gguf.*other\.gguf.*({what})"
+    with pytest.raises(ModelFileError, match=pattern):
+        DraftHead(str(head), Target(str(other), n_ctx=64), n_ctx=64, n_batch=8)
+    with pytest.raises(ModelFileError, match=pattern):
+        Engine(str(other), draft=str(head), n_ctx=64, n_threads=1)
 
 
 def test_mutated_head_files_never_crash(tiny_target, tmp_path):

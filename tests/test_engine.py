@@ -146,11 +146,16 @@ def random_heads(tmp_path_factory, tiny_f32):
     dims = target_dims(tiny_f32)
     write_eagle12(d / "e12", **dims)
     write_eagle3(d / "e3", **dims, taps=[0, 1, 1])
+    # the final layer's output as a tap (tiny_f32 has 2 layers), norm_before_residual, yarn RoPE
+    write_eagle3(d / "e3f", **dims, taps=[0, 1, 2], config_extra={
+        "norm_before_residual": True, "rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+                                                       "original_max_position_embeddings": 64}})
     return {"eagle12": convert(d / "e12", tiny_f32, d / "e12.gguf"),
-            "eagle3": convert(d / "e3", tiny_f32, d / "e3.gguf")}
+            "eagle3": convert(d / "e3", tiny_f32, d / "e3.gguf"),
+            "eagle3_final_tap": convert(d / "e3f", tiny_f32, d / "e3f.gguf")}
 
 
-@pytest.mark.parametrize("kind", ["eagle12", "eagle3"])
+@pytest.mark.parametrize("kind", ["eagle12", "eagle3", "eagle3_final_tap"])
 @pytest.mark.parametrize("n_top_k,n_depth,n_tree", [(1, 1, 1), (2, 4, 8), (8, 6, 60)])
 def test_greedy_equals_plain_with_random_head(tiny_f32, plain_outputs, random_heads, kind, n_top_k, n_depth, n_tree):
     eng = Engine(str(tiny_f32), draft=str(random_heads[kind]), **EXACT)

@@ -149,6 +149,34 @@ def test_features_off_gives_same_logits(tiny_f32):
     assert a.hidden().shape == (0, a.n_embd) and b.hidden().shape == (len(ids), b.n_embd)
 
 
+def test_layer_taps_including_the_final_layers_output(tiny_f32):
+    """Tap l is the input of layer l; tap n_layer is the last layer's output before the final norm
+    (llama.cpp has no layer input for it: pyeagle reads it from the graph), in prefill and verify."""
+    import gguf
+    t = Target(str(tiny_f32), n_ctx=256, n_threads=1, tap_layers=[0, 1, 2])
+    assert t.n_layer == 2
+    t.features = True
+    ids = t.tokenize(PROMPT)
+    r = gguf.GGUFReader(str(tiny_f32))
+    w = {x.name: np.asarray(x.data, dtype=np.float64) for x in r.tensors}
+    h = t.n_embd
+
+    def check(n_rows, tokens):
+        taps, hidden = t.taps(), t.hidden()
+        assert taps.shape == (n_rows, 3 * h)
+        np.testing.assert_allclose(taps[:, :h], w["token_embd.weight"][tokens], rtol=0, atol=1e-6)
+        final = taps[:, 2 * h:].astype(np.float64)
+        normed = final / np.sqrt(np.mean(final ** 2, -1, keepdims=True) + 1e-5) * w["output_norm.weight"]
+        np.testing.assert_allclose(normed, hidden, rtol=0, atol=1e-4)
+        assert not np.allclose(taps[:, h:2 * h], final)  # layer 1's input is not the final output
+
+    t.prefill(ids)
+    check(len(ids), ids)
+    t.verify([5, 6, 7], [-1, 0, 0])
+    check(3, [5, 6, 7])
+    t.commit([0, 1])
+
+
 def test_long_prefill_is_chunked(tiny_f32):
     kw = dict(n_ctx=512, n_threads=1, flash_attn=0, kv_f32=True)
     t = Target(str(tiny_f32), n_batch=16, **kw)

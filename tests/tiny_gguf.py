@@ -39,9 +39,12 @@ class TinySpec:
     weight_type: str = "f32"  # f32 | f16 | q8_0
     arch: str = "llama"
     output_scale: float = 3.0  # logit spread: larger values give peakier next-token distributions
+    tied: bool = False         # no output.weight: token_embd is the output matrix too (SmolLM2, Llama-3.2-1B)
+    extra_tokens: int = 0      # more tokens: another vocabulary size
+    renamed: bool = False      # the last token spelled differently: same size, another vocabulary
 
 
-def vocab() -> tuple[list[str], list[float], list[int]]:
+def vocab(extra_tokens: int = 0, renamed: bool = False) -> tuple[list[str], list[float], list[int]]:
     T = gguf.TokenType
     tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     types = [T.UNKNOWN, T.CONTROL, T.CONTROL, T.CONTROL, T.CONTROL]
@@ -50,12 +53,15 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
     pieces = ["\u2581"] + [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?:;'\"()-"]
     pieces += ["\u2581" + c for c in "abcdefghijklmnopqrstuvwxyz"]
     pieces += ["\u2581" + w for w in WORDS]
+    pieces += [f"\u2581extra{i}" for i in range(extra_tokens)]
     seen = set(tokens)
     for p in pieces:
         if p not in seen:
             seen.add(p)
             tokens.append(p)
             types.append(T.NORMAL)
+    if renamed:
+        tokens[-1] = "\u2581renamed"
     # SentencePiece scores: longer pieces first, so words win over letters
     scores = [0.0] * len(tokens)
     for i, t in enumerate(tokens):
@@ -68,7 +74,7 @@ def write_tiny_llama(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """Writes a random llama model with the tiny tokenizer; returns the path."""
     path = Path(path)
     rng = np.random.default_rng(spec.seed)
-    tokens, scores, types = vocab()
+    tokens, scores, types = vocab(spec.extra_tokens, spec.renamed)
     n_vocab, h, ff = len(tokens), spec.n_embd, spec.n_ff
     head_dim = h // spec.n_head
     h_kv = head_dim * spec.n_head_kv
@@ -118,7 +124,9 @@ def write_tiny_llama(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
             (p + "ffn_up.weight", mat(ff, h, 1.0 / np.sqrt(h))),
             (p + "ffn_down.weight", mat(h, ff, 1.0 / np.sqrt(ff))),
         ]
-    tensors += [("output_norm.weight", norm(h)), ("output.weight", mat(n_vocab, h, spec.output_scale / np.sqrt(h)))]
+    tensors += [("output_norm.weight", norm(h))]
+    if not spec.tied:
+        tensors += [("output.weight", mat(n_vocab, h, spec.output_scale / np.sqrt(h)))]
 
     for name, data in tensors:
         if data.ndim == 1 or spec.weight_type == "f32":

@@ -1,6 +1,7 @@
 #include "draft_head.h"
 
 #include "common.h"
+#include "llama_ext.h"
 
 #include "ggml-cpu.h"
 #include "gguf.h"
@@ -26,7 +27,7 @@ std::string vocab_hash(const target & tgt) {
 }
 
 struct draft_head::weights {
-    ggml_tensor * tok_embd = nullptr, * out = nullptr, * out_norm = nullptr;
+    ggml_tensor * out = nullptr, * out_norm = nullptr, * rope_freqs = nullptr;
     ggml_tensor * fc = nullptr, * fc_b = nullptr;
     ggml_tensor * attn_norm = nullptr, * attn_norm_2 = nullptr;  // EAGLE-3 only
     ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;
@@ -51,6 +52,7 @@ struct gguf_file {
         if (!g) throw file_error(p, "corrupt GGUF (" + take_last_errors() + ")");
     }
     ~gguf_file() {
+        if (fp) fclose(fp);
         if (g) gguf_free(g);
         if (meta) ggml_free(meta);
     }
@@ -76,6 +78,10 @@ struct gguf_file {
     float f32(const std::string & key, bool required = true, float def = 0) const {
         const int64_t id = find(key, GGUF_TYPE_FLOAT32, required);
         return id < 0 ? def : gguf_get_val_f32(g, id);
+    }
+    bool boolean(const std::string & key, bool def) const {
+        const int64_t id = find(key, GGUF_TYPE_BOOL, false);
+        return id < 0 ? def : gguf_get_val_bool(g, id);
     }
     std::string str(const std::string & key, bool required = true) const {
         const int64_t id = find(key, GGUF_TYPE_STRING, required);
@@ -116,22 +122,93 @@ struct gguf_file {
         }
         return t;
     }
-    // Copies a tensor's data from the file into dst (same type and shape, on any backend).
-    void read(const ggml_tensor * src, ggml_tensor * dst) const {
+    // Streams a tensor's data from the file into dst (same type and shape, on any backend): straight
+    // into host memory, else through one bounded staging buffer. 64-bit offsets throughout.
+    void read(const ggml_tensor * src, ggml_tensor * dst) {
         const int64_t id = gguf_find_tensor(g, ggml_get_name(src));
-        const size_t offset = gguf_get_data_offset(g) + gguf_get_tensor_offset(g, id);
+        const uint64_t offset = (uint64_t) gguf_get_data_offset(g) + (uint64_t) gguf_get_tensor_offset(g, id);
         const size_t n = ggml_nbytes(src);
-        std::vector<uint8_t> buf(n);
-        FILE * f = fopen(path.c_str(), "rb");
-        if (!f) throw file_error(path, "cannot open for reading");
-        const bool ok = fseek(f, (long) offset, SEEK_SET) == 0 && fread(buf.data(), 1, n, f) == n;
-        fclose(f);
+        if (!fp) fp = fopen(path.c_str(), "rb");
+        if (!fp) throw file_error(path, "cannot open for reading");
+        bool ok = seek(offset);
+        if (ggml_backend_buffer_is_host(dst->buffer)) {
+            ok = ok && fread(dst->data, 1, n, fp) == n;
+        } else {
+            std::vector<uint8_t> chunk(std::min<size_t>(n, 16u << 20));
+            for (size_t done = 0; ok && done < n; ) {
+                const size_t m = std::min(chunk.size(), n - done);
+                ok = fread(chunk.data(), 1, m, fp) == m;
+                if (ok) ggml_backend_tensor_set(dst, chunk.data(), done, m);
+                done += m;
+            }
+        }
         if (!ok) throw file_error(path, std::string("short read of tensor ") + ggml_get_name(src));
-        ggml_backend_tensor_set(dst, buf.data(), 0, n);
     }
+    bool seek(uint64_t offset) const {
+#ifdef _WIN32
+        return _fseeki64(fp, (__int64) offset, SEEK_SET) == 0;
+#else
+        return fseeko(fp, (off_t) offset, SEEK_SET) == 0;
+#endif
+    }
+    FILE * fp = nullptr;  // opened by the first read()
 };
 
+
+
+// Where a target tensor lives decides how the head may use it. A tied output matrix is
+// duplicated by llama.cpp into the output layer's buffer (GPU, or repacked for the CPU's fast
+// kernels); the plain host copy is the input layer's.
+ggml_tensor * output_matrix(const target & tgt) {
+    std::vector<ggml_tensor *> v = ext::model_tensors(tgt.model(), "output.weight");
+    if (v.empty()) v = ext::model_tensors(tgt.model(), "token_embd.weight");
+    for (ggml_tensor * t : v) {
+        if (t->buffer && ggml_backend_buffer_get_type(t->buffer) != ggml_backend_cpu_buffer_type()) return t;
+    }
+    return v.empty() ? nullptr : v.front();
+}
+
+ggml_tensor * host_embedding(const target & tgt) {
+    for (ggml_tensor * t : ext::model_tensors(tgt.model(), "token_embd.weight")) {
+        if (t->buffer && ggml_backend_buffer_is_host(t->buffer)) return t;
+    }
+    return nullptr;
+}
+
+// Keys of the head's RoPE (llama.cpp's names). llama3 scaling comes as the tensor rope_freqs.weight.
+rope_params read_rope(const gguf_file & f, const std::string & a, int32_t n_ctx_train) {
+    rope_params r;
+    r.base = f.f32(a + "rope.freq_base", false, 10000.0f);
+    r.n_ctx_orig = n_ctx_train;
+    const std::string type = f.str(a + "rope.scaling.type", false);
+    if (type.empty() || type == "none") return r;
+    if (type != "linear" && type != "yarn") {
+        throw file_error(f.path, "rope.scaling.type '" + type + "' is not supported (none, linear, yarn; llama3 "
+                                 "scaling comes as rope_freqs.weight)");
+    }
+    const float factor = f.f32(a + "rope.scaling.factor");
+    if (!(factor >= 1.0f && factor <= 1024.0f)) throw file_error(f.path, format("rope.scaling.factor %g outside [1, 1024]", factor));
+    r.freq_scale = 1.0f / factor;
+    if (type == "yarn") {
+        r.ext_factor = 1.0f;
+        r.n_ctx_orig = (int32_t) f.u32(a + "rope.scaling.original_context_length", false, (uint32_t) n_ctx_train);
+        r.attn_factor = f.f32(a + "rope.scaling.attn_factor", false, 1.0f);
+        r.beta_fast = f.f32(a + "rope.scaling.yarn_beta_fast", false, 32.0f);
+        r.beta_slow = f.f32(a + "rope.scaling.yarn_beta_slow", false, 1.0f);
+        if (r.n_ctx_orig < 1 || !(r.attn_factor > 0.0f) || !(r.beta_fast > 0.0f) || !(r.beta_slow > 0.0f)) {
+            throw file_error(f.path, "bad yarn RoPE parameters");
+        }
+    }
+    return r;
+}
+
 }  // namespace
+
+std::vector<int32_t> draft_head::read_tap_layers(const std::string & path) {
+    gguf_file f(path);
+    if (f.str("general.architecture") != "eagle3") return {};
+    return f.i32_array("eagle3.target_layers");
+}
 
 draft_head::draft_head(const std::string & path, const target & tgt, int32_t n_ctx, int32_t n_batch_max)
     : path_(path), w_(new weights), n_ctx_(n_ctx), n_batch_max_(n_batch_max) {
@@ -160,17 +237,19 @@ void draft_head::load(const target & tgt) {
     }
     eagle3_ = arch == "eagle3";
     const std::string a = arch + ".";
+    // a head made for another target: ModelFileError naming both files
+    auto mismatch = [&](const std::string & what) {
+        return file_error(path_, "this draft head does not fit the target " + tgt.path() + ": " + what);
+    };
 
-    // the target fingerprint: never pair a head with the wrong target
     const uint32_t t_vocab = f.u32("pyeagle.target.vocab_size", false, (uint32_t) tgt.n_vocab());
     if ((int32_t) t_vocab != tgt.n_vocab()) {
-        throw std::invalid_argument(format("draft head %s was made for a target with %u tokens; %s has %d",
-                                           path_.c_str(), t_vocab, tgt.path().c_str(), tgt.n_vocab()));
+        throw mismatch(format("made for a vocabulary of %u tokens, the target has %d", t_vocab, tgt.n_vocab()));
     }
     const std::string hash = f.str("pyeagle.target.vocab_hash", false);
     if (!hash.empty() && hash != vocab_hash(tgt)) {
-        throw std::invalid_argument(format("draft head %s was made for another target's vocabulary (hash %s, %s has %s)",
-                                           path_.c_str(), hash.c_str(), tgt.path().c_str(), vocab_hash(tgt).c_str()));
+        throw mismatch(format("made for another vocabulary (hash %s, the target's is %s)", hash.c_str(),
+                              vocab_hash(tgt).c_str()));
     }
 
     n_embd_    = (int32_t) f.u32(a + "embedding_length");
@@ -178,72 +257,75 @@ void draft_head::load(const target & tgt) {
     n_head_    = (int32_t) f.u32(a + "attention.head_count");
     n_head_kv_ = (int32_t) f.u32(a + "attention.head_count_kv", false, n_head_);
     eps_       = f.f32(a + "attention.layer_norm_rms_epsilon", false, 1e-5f);
-    rope_base_ = f.f32(a + "rope.freq_base", false, 10000.0f);
-    n_ctx_train_ = (int32_t) f.u32(a + "context_length", false, 4096);
-    if (n_embd_ <= 0 || n_head_ <= 0 || n_head_kv_ <= 0 || n_embd_ % n_head_ != 0 || n_head_ % n_head_kv_ != 0 ||
-        n_ff_ <= 0 || n_embd_ > 65536 || n_ff_ > 1 << 20) {
+    const int32_t n_ctx_train = (int32_t) f.u32(a + "context_length", false, 4096);
+    if (n_embd_ <= 0 || n_head_ <= 0 || n_head_kv_ <= 0 || n_head_ % n_head_kv_ != 0 || n_ff_ <= 0 ||
+        n_embd_ > 65536 || n_head_ > 1024 || n_ff_ > 1 << 20) {
         throw file_error(path_, format("inconsistent sizes: hidden %d, heads %d/%d, ff %d", n_embd_, n_head_,
                                        n_head_kv_, n_ff_));
     }
-    head_dim_ = n_embd_ / n_head_;
-    // not implemented yet: refuse rather than draft with the wrong RoPE / head size
-    if (gguf_find_key(f.g, (a + "rope.scaling.type").c_str()) >= 0 || ggml_get_tensor(f.meta, "rope_freqs.weight")) {
-        throw file_error(path_, "RoPE scaling (rope.scaling.* / rope_freqs.weight) is not supported by pyeagle's draft head yet");
+    // head_dim may differ from hidden / heads (Qwen3): attention.key_length says so
+    head_dim_ = (int32_t) f.u32(a + "attention.key_length", false, (uint32_t) (n_embd_ / n_head_));
+    if (head_dim_ <= 0 || head_dim_ % 2 != 0 || head_dim_ > 1024 ||
+        (f.find(a + "attention.key_length", GGUF_TYPE_UINT32, false) < 0 && n_embd_ % n_head_ != 0)) {
+        throw file_error(path_, format("bad head_dim %d (hidden %d, %d heads)", head_dim_, n_embd_, n_head_));
     }
-    if (f.u32(a + "attention.key_length", false, head_dim_) != (uint32_t) head_dim_) {
-        throw file_error(path_, "attention.key_length != hidden / heads is not supported by pyeagle's draft head yet");
+    if (f.u32(a + "attention.value_length", false, (uint32_t) head_dim_) != (uint32_t) head_dim_) {
+        throw file_error(path_, "attention.value_length != attention.key_length is not a Llama layer");
     }
-    const int64_t h = n_embd_, h_kv = (int64_t) head_dim_ * n_head_kv_, ff = n_ff_;
+    if (f.u32(a + "rope.dimension_count", false, (uint32_t) head_dim_) != (uint32_t) head_dim_) {
+        throw file_error(path_, "partial RoPE (rope.dimension_count != head_dim) is not supported");
+    }
+    rope_ = read_rope(f, a, n_ctx_train);
+    const int64_t h = n_embd_, h_q = (int64_t) head_dim_ * n_head_, h_kv = (int64_t) head_dim_ * n_head_kv_, ff = n_ff_;
 
     int64_t h_t = tgt.n_embd();
     if (eagle3_) {
         h_t = f.u32(a + "target_hidden_size", false, (uint32_t) tgt.n_embd());
         if (h_t != tgt.n_embd()) {
-            throw std::invalid_argument(format("draft head %s expects target hidden size %lld; %s has %d",
-                                               path_.c_str(), (long long) h_t, tgt.path().c_str(), tgt.n_embd()));
+            throw mismatch(format("made for a target hidden size of %lld, the target has %d", (long long) h_t, tgt.n_embd()));
         }
         tap_layers_ = f.i32_array(a + "target_layers");
         if (tap_layers_.size() != 3) throw file_error(path_, "eagle3.target_layers must hold 3 layers");
         for (int32_t l : tap_layers_) {
-            if (l < 0 || l >= tgt.n_layer()) {
-                throw std::invalid_argument(format("draft head %s taps layer %d; %s has %d layers", path_.c_str(), l,
-                                                   tgt.path().c_str(), tgt.n_layer()));
+            if (l < 0 || l > tgt.n_layer()) {
+                throw mismatch(format("taps layer %d, the target has layers 0..%d", l, tgt.n_layer()));
             }
         }
+        norm_before_residual_ = f.boolean(a + "norm_before_residual", false);
+        if (f.boolean(a + "norm_before_fc", false)) throw file_error(path_, "norm_before_fc heads are not supported");
         n_feat_ = (int32_t) (3 * h_t);
     } else {
         if (h != tgt.n_embd()) {
-            throw std::invalid_argument(format("draft head %s: hidden %lld != target hidden %d (%s)", path_.c_str(),
-                                               (long long) h, tgt.n_embd(), tgt.path().c_str()));
+            throw mismatch(format("head hidden size %lld, the target's is %d", (long long) h, tgt.n_embd()));
         }
         n_feat_ = (int32_t) h;
     }
 
-    // the head's own tensors (validated), then the target's embedding / output matrix
+    // the head's own tensors, validated; they go to the head's device, an own embedding to host memory
     const int64_t in_attn = eagle3_ ? 2 * h : h;
-    struct entry { ggml_tensor * src; ggml_tensor ** dst; const gguf_file * file; };
+    struct entry { ggml_tensor * src; ggml_tensor ** dst; bool host; };
     std::vector<entry> entries;
-    auto want = [&](const gguf_file & file, const char * name, std::vector<int64_t> ne, bool req, bool mat,
-                    ggml_tensor ** dst) {
-        if (ggml_tensor * t = file.tensor(name, std::move(ne), req, mat)) entries.push_back({t, dst, &file});
+    auto want = [&](const char * name, std::vector<int64_t> ne, bool req, bool mat, ggml_tensor ** dst, bool host = false) {
+        if (ggml_tensor * t = f.tensor(name, std::move(ne), req, mat)) entries.push_back({t, dst, host});
     };
-    want(f, "fc.weight", {eagle3_ ? 3 * h_t : 2 * h, h}, true, true, &w_->fc);
-    want(f, "fc.bias", {h}, false, false, &w_->fc_b);
-    want(f, "blk.0.attn_q.weight", {in_attn, h}, true, true, &w_->wq);
-    want(f, "blk.0.attn_k.weight", {in_attn, h_kv}, true, true, &w_->wk);
-    want(f, "blk.0.attn_v.weight", {in_attn, h_kv}, true, true, &w_->wv);
-    want(f, "blk.0.attn_output.weight", {h, h}, true, true, &w_->wo);
-    want(f, "blk.0.attn_q.bias", {h}, false, false, &w_->bq);
-    want(f, "blk.0.attn_k.bias", {h_kv}, false, false, &w_->bk);
-    want(f, "blk.0.attn_v.bias", {h_kv}, false, false, &w_->bv);
-    want(f, "blk.0.ffn_norm.weight", {h}, true, false, &w_->ffn_norm);
-    want(f, "blk.0.ffn_gate.weight", {h, ff}, true, true, &w_->gate);
-    want(f, "blk.0.ffn_up.weight", {h, ff}, true, true, &w_->up);
-    want(f, "blk.0.ffn_down.weight", {ff, h}, true, true, &w_->down);
+    want("fc.weight", {eagle3_ ? 3 * h_t : 2 * h, h}, true, true, &w_->fc);
+    want("fc.bias", {h}, false, false, &w_->fc_b);
+    want("blk.0.attn_q.weight", {in_attn, h_q}, true, true, &w_->wq);
+    want("blk.0.attn_k.weight", {in_attn, h_kv}, true, true, &w_->wk);
+    want("blk.0.attn_v.weight", {in_attn, h_kv}, true, true, &w_->wv);
+    want("blk.0.attn_output.weight", {h_q, h}, true, true, &w_->wo);
+    want("blk.0.attn_q.bias", {h_q}, false, false, &w_->bq);
+    want("blk.0.attn_k.bias", {h_kv}, false, false, &w_->bk);
+    want("blk.0.attn_v.bias", {h_kv}, false, false, &w_->bv);
+    want("blk.0.ffn_norm.weight", {h}, true, false, &w_->ffn_norm);
+    want("blk.0.ffn_gate.weight", {h, ff}, true, true, &w_->gate);
+    want("blk.0.ffn_up.weight", {h, ff}, true, true, &w_->up);
+    want("blk.0.ffn_down.weight", {ff, h}, true, true, &w_->down);
+    want("rope_freqs.weight", {head_dim_ / 2}, false, false, &w_->rope_freqs);  // llama3 RoPE scaling
     if (eagle3_) {
-        want(f, "blk.0.attn_norm.weight", {h}, true, false, &w_->attn_norm);
-        want(f, "blk.0.attn_norm_2.weight", {h}, true, false, &w_->attn_norm_2);
-        want(f, "output_norm.weight", {h}, true, false, &w_->out_norm);
+        want("blk.0.attn_norm.weight", {h}, true, false, &w_->attn_norm);
+        want("blk.0.attn_norm_2.weight", {h}, true, false, &w_->attn_norm_2);
+        want("output_norm.weight", {h}, true, false, &w_->out_norm);
     }
     // Draft vocabulary: the head's own output rows (+ d2t) or the target's whole output matrix.
     ggml_tensor * d2t = ggml_get_tensor(f.meta, "d2t");
@@ -251,7 +333,7 @@ void draft_head::load(const target & tgt) {
     if (out) {
         n_vocab_d_ = (int32_t) out->ne[1];
         if (n_vocab_d_ < 1 || n_vocab_d_ > tgt.n_vocab()) throw file_error(path_, "output.weight has a bad row count");
-        want(f, "output.weight", {h, n_vocab_d_}, true, true, &w_->out);
+        want("output.weight", {h, n_vocab_d_}, true, true, &w_->out);
         if (n_vocab_d_ != tgt.n_vocab() || d2t) {
             if (!d2t || d2t->type != GGML_TYPE_I64 || d2t->ne[0] != n_vocab_d_ || ggml_nelements(d2t) != n_vocab_d_) {
                 throw file_error(path_, format("a draft vocabulary of %d rows needs d2t (i64, [%d])", n_vocab_d_, n_vocab_d_));
@@ -263,54 +345,82 @@ void draft_head::load(const target & tgt) {
         n_vocab_d_ = tgt.n_vocab();
         if (d2t) throw file_error(path_, "d2t without output.weight");
     }
-    gguf_file tf(tgt.path());
-    const bool own_embd = ggml_get_tensor(f.meta, "token_embd.weight") != nullptr;
-    if (own_embd) {
-        want(f, "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->tok_embd);
-    } else {
-        if (h != tgt.n_embd()) throw file_error(path_, "no token_embd.weight, and the target's has another width");
-        want(tf, "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->tok_embd);
+    ggml_tensor * own_embd = nullptr;
+    want("token_embd.weight", {h, tgt.n_vocab()}, false, true, &own_embd, true);
+
+    // The target's tensors, used in place: the embedding is read row by row on the host, the
+    // output matrix (when the head has none) runs in the head's graph on the target's device.
+    ggml_tensor * t_out = output_matrix(tgt);
+    if (!t_out) throw file_error(tgt.path(), "the loaded model has no output matrix");
+    if (!own_embd) {
+        if (h != tgt.n_embd()) throw mismatch("the head has no token_embd.weight, and the target's has another width");
+        embd_ = host_embedding(tgt);
+        if (!embd_) throw std::runtime_error("draft head: the target's token_embd.weight is not in host memory");
     }
-    bool out_is_embd = false;  // tied target embeddings used for both: one copy
-    if (!out) {  // the target's output matrix
-        const bool has_out = ggml_get_tensor(tf.meta, "output.weight") != nullptr;  // else tied embeddings
-        out_is_embd = !has_out && !own_embd;
-        if (!out_is_embd) want(tf, has_out ? "output.weight" : "token_embd.weight", {h, tgt.n_vocab()}, true, true, &w_->out);
+    if (!out) {
+        if (t_out->ne[0] != h || t_out->ne[1] != tgt.n_vocab()) throw mismatch("the target's output matrix has another shape");
+        w_->out = t_out;
     }
 
-    // backend: the target's device (GPU when layers are offloaded), else CPU
-    ggml_backend_dev_t dev = nullptr;
-    if (tgt.n_gpu_layers() != 0) dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
+    // backend: the device that holds the target's output matrix (a GPU when the output layer is
+    // offloaded), so that the head's graph can use it there
+    ggml_backend_dev_t dev = t_out->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t_out->buffer)) : nullptr;
+    if (dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) dev = nullptr;
     backend_.reset(dev ? ggml_backend_dev_init(dev, nullptr) : ggml_backend_cpu_init());
     if (!backend_) throw std::runtime_error("draft head: cannot initialise a ggml backend");
     set_n_threads(tgt.n_threads());
 
-    ggml_init_params ip = {ggml_tensor_overhead() * (entries.size() + 4), nullptr, true};
-    ctx_w_.reset(ggml_init(ip));
-    for (auto & e : entries) {
-        *e.dst = ggml_dup_tensor(ctx_w_.get(), e.src);
-        ggml_set_name(*e.dst, ggml_get_name(e.src));
-    }
-    w_->k_cache = ggml_new_tensor_2d(ctx_w_.get(), GGML_TYPE_F32, h_kv, n_ctx_);
-    w_->v_cache = ggml_new_tensor_2d(ctx_w_.get(), GGML_TYPE_F32, h_kv, n_ctx_);
-    buf_w_.reset(ggml_backend_alloc_ctx_tensors(ctx_w_.get(), backend_.get()));
-    if (!buf_w_) throw std::runtime_error("draft head: cannot allocate weights");
-    ggml_backend_buffer_set_usage(buf_w_.get(), GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-    for (auto & e : entries) e.file->read(e.src, *e.dst);
-    if (out_is_embd) w_->out = w_->tok_embd;
+    auto alloc_ctx = [&](bool host, std::unique_ptr<ggml_context, ggml_context_deleter> & ctx,
+                         std::unique_ptr<ggml_backend_buffer, ggml_buffer_deleter> & buf, bool kv) {
+        size_t n = kv ? 2 : 0;
+        for (auto & e : entries) n += e.host == host;
+        if (n == 0) return;
+        ggml_init_params ip = {ggml_tensor_overhead() * (n + 1), nullptr, true};
+        ctx.reset(ggml_init(ip));
+        for (auto & e : entries) {
+            if (e.host != host) continue;
+            *e.dst = ggml_dup_tensor(ctx.get(), e.src);
+            ggml_set_name(*e.dst, ggml_get_name(e.src));
+        }
+        if (kv) {
+            w_->k_cache = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, h_kv, n_ctx_);
+            w_->v_cache = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, h_kv, n_ctx_);
+        }
+        buf.reset(host ? ggml_backend_alloc_ctx_tensors_from_buft(ctx.get(), ggml_backend_cpu_buffer_type())
+                       : ggml_backend_alloc_ctx_tensors(ctx.get(), backend_.get()));
+        if (!buf) throw std::runtime_error("draft head: cannot allocate weights");
+        ggml_backend_buffer_set_usage(buf.get(), GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    };
+    alloc_ctx(false, ctx_w_, buf_w_, true);
+    alloc_ctx(true, ctx_host_, buf_host_, false);
+    for (auto & e : entries) f.read(e.src, *e.dst);
+    if (own_embd) embd_ = own_embd;
 
     if (d2t && out) {
         std::vector<int64_t> v(n_vocab_d_);
         const int64_t id = gguf_find_tensor(f.g, "d2t");
-        FILE * fp = fopen(path_.c_str(), "rb");
-        const bool ok = fp && fseek(fp, (long) (gguf_get_data_offset(f.g) + gguf_get_tensor_offset(f.g, id)), SEEK_SET) == 0 &&
-                        fread(v.data(), sizeof(int64_t), v.size(), fp) == v.size();
-        if (fp) fclose(fp);
+        if (!f.fp) f.fp = fopen(path_.c_str(), "rb");
+        const bool ok = f.fp && f.seek((uint64_t) gguf_get_data_offset(f.g) + gguf_get_tensor_offset(f.g, id)) &&
+                        fread(v.data(), sizeof(int64_t), v.size(), f.fp) == v.size();
         if (!ok) throw file_error(path_, "short read of d2t");
         for (int64_t t : v) {
             if (t < 0 || t >= tgt.n_vocab()) throw file_error(path_, format("d2t maps to token %lld outside the target vocabulary", (long long) t));
         }
         d2t_ = std::move(v);
+    }
+}
+
+void draft_head::embed(const llama_token * tokens, int32_t n) {
+    const int64_t h = n_embd_;
+    const size_t row = embd_->nb[1];
+    const auto * traits = ggml_get_type_traits(embd_->type);
+    emb_.resize((size_t) n * h);
+    for (int32_t i = 0; i < n; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= embd_->ne[1]) throw std::invalid_argument(format("draft head: token %d out of range", tokens[i]));
+        const uint8_t * src = (const uint8_t *) embd_->data + (size_t) tokens[i] * row;
+        float * dst = emb_.data() + (size_t) i * h;
+        if (embd_->type == GGML_TYPE_F32) std::memcpy(dst, src, sizeof(float) * h);
+        else traits->to_float(src, dst, h);
     }
 }
 
@@ -326,34 +436,37 @@ ggml_cgraph * draft_head::build(int32_t n, int32_t n_kv_after, bool from_target)
     const int64_t h = n_embd_, h_kv = (int64_t) head_dim_ * n_head_kv_;
     const int32_t n_kv_before = n_kv_after - n;
 
-    t_tokens_ = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
+    t_emb_    = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, h, n);  // embedding rows, looked up on the host
     t_inputs_ = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, from_target ? n_feat_ : h, n);
     t_pos_    = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
     t_mask_   = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_kv_after, n);
-    for (ggml_tensor * t : {t_tokens_, t_inputs_, t_pos_, t_mask_}) ggml_set_input(t);
+    for (ggml_tensor * t : {t_emb_, t_inputs_, t_pos_, t_mask_}) ggml_set_input(t);
 
     auto norm = [&](ggml_tensor * x, ggml_tensor * g) { return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps_), g); };
     auto linear = [&](ggml_tensor * W, ggml_tensor * x, ggml_tensor * b) {
         ggml_tensor * y = ggml_mul_mat(ctx, W, x);
         return b ? ggml_add(ctx, y, b) : y;
     };
+    auto rope = [&](ggml_tensor * x) {
+        return ggml_rope_ext(ctx, x, t_pos_, w.rope_freqs, head_dim_, GGML_ROPE_TYPE_NORMAL, rope_.n_ctx_orig,
+                             rope_.base, rope_.freq_scale, rope_.ext_factor, rope_.attn_factor, rope_.beta_fast,
+                             rope_.beta_slow);
+    };
 
-    ggml_tensor * emb = ggml_get_rows(ctx, w.tok_embd, t_tokens_);  // [h, n]
     ggml_tensor * x, * resid;
     if (!eagle3_) {
         // EAGLE-1/2: z = fc(cat(E[x], f)); no attention pre-norm
-        x = resid = linear(w.fc, ggml_concat(ctx, emb, t_inputs_, 0), w.fc_b);
+        x = resid = linear(w.fc, ggml_concat(ctx, t_emb_, t_inputs_, 0), w.fc_b);
     } else {
         // EAGLE-3: hidden = fc(taps) for target rows, the head's own y inside the tree
         ggml_tensor * hid = from_target ? ggml_mul_mat(ctx, w.fc, t_inputs_) : t_inputs_;
-        x = ggml_concat(ctx, norm(emb, w.attn_norm), norm(hid, w.attn_norm_2), 0);  // [2h, n]
-        resid = hid;
+        ggml_tensor * hid_n = norm(hid, w.attn_norm_2);
+        x = ggml_concat(ctx, norm(t_emb_, w.attn_norm), hid_n, 0);  // [2h, n]
+        resid = norm_before_residual_ ? hid_n : hid;
     }
-    ggml_tensor * q = ggml_reshape_3d(ctx, linear(w.wq, x, w.bq), head_dim_, n_head_, n);
-    ggml_tensor * k = ggml_reshape_3d(ctx, linear(w.wk, x, w.bk), head_dim_, n_head_kv_, n);
+    ggml_tensor * q = rope(ggml_reshape_3d(ctx, linear(w.wq, x, w.bq), head_dim_, n_head_, n));
+    ggml_tensor * k = rope(ggml_reshape_3d(ctx, linear(w.wk, x, w.bk), head_dim_, n_head_kv_, n));
     ggml_tensor * v = linear(w.wv, x, w.bv);  // [h_kv, n]
-    q = ggml_rope_ext(ctx, q, t_pos_, nullptr, head_dim_, 0, n_ctx_train_, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-    k = ggml_rope_ext(ctx, k, t_pos_, nullptr, head_dim_, 0, n_ctx_train_, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
 
     // write this batch's K/V into cells [n_kv_before, n_kv_after)
     const size_t row = w.k_cache->nb[1];
@@ -368,7 +481,7 @@ ggml_cgraph * draft_head::build(int32_t n, int32_t n_kv_after, bool from_target)
     ggml_tensor * Q = ggml_permute(ctx, q, 0, 2, 1, 3);                                            // [hd, n, heads]
     ggml_tensor * kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, K, Q), t_mask_, 1.0f / std::sqrt((float) head_dim_), 0.0f);
     ggml_tensor * o = ggml_cont(ctx, ggml_permute(ctx, ggml_mul_mat(ctx, V, kq), 0, 2, 1, 3));   // [hd, heads, n]
-    o = ggml_mul_mat(ctx, w.wo, ggml_reshape_2d(ctx, o, h, n));
+    o = ggml_mul_mat(ctx, w.wo, ggml_reshape_2d(ctx, o, (int64_t) head_dim_ * n_head_, n));
 
     ggml_tensor * a = ggml_add(ctx, resid, o);
     ggml_tensor * m = norm(a, w.ffn_norm);
@@ -411,8 +524,8 @@ void draft_head::eval(const llama_token * tokens, const float * inputs, bool fro
             for (int32_t c = cell; c >= n_committed_; c = cell_parent_[c]) mrow[c] = 0.0f;
         }
     }
-    static_assert(sizeof(llama_token) == sizeof(int32_t), "token ids feed an I32 tensor");
-    ggml_backend_tensor_set(t_tokens_, tokens, 0, sizeof(int32_t) * n);
+    embed(tokens, n);
+    ggml_backend_tensor_set(t_emb_, emb_.data(), 0, ggml_nbytes(t_emb_));
     ggml_backend_tensor_set(t_inputs_, inputs, 0, ggml_nbytes(t_inputs_));
     ggml_backend_tensor_set(t_pos_, pos, 0, sizeof(int32_t) * n);
     ggml_backend_tensor_set(t_mask_, mask_.data(), 0, ggml_nbytes(t_mask_));

@@ -27,13 +27,31 @@ struct ggml_gallocr_deleter { void operator()(ggml_gallocr_t a) const { ggml_gal
 // FNV-1a 64 over the token strings, each followed by '\0' (docs/FORMAT.md), as 16 hex digits.
 std::string vocab_hash(const target & tgt);
 
+// RoPE as ggml_rope_ext takes it (mode NORM, all head_dim dimensions rotated).
+struct rope_params {
+    float base = 10000.0f, freq_scale = 1.0f, ext_factor = 0.0f, attn_factor = 1.0f;
+    float beta_fast = 32.0f, beta_slow = 1.0f;
+    int32_t n_ctx_orig = 4096;
+};
+
 class draft_head {
 public:
     // n_ctx: KV cells (committed + one round's tree); n_batch_max: most rows in one eval.
+    // Pairing mismatches (vocabulary, hidden size, taps) raise file_error naming both files.
+    // The head runs on the device of the target's output matrix and uses the target's embedding
+    // and output matrix where they live, without copies.
     draft_head(const std::string & path, const target & tgt, int32_t n_ctx, int32_t n_batch_max);
     ~draft_head();
 
+    // The EAGLE-3 tap layers of a head file, from its metadata alone (empty for EAGLE-1/2), so
+    // that the target loads once, with its taps. Layer ids run 0..n_layer: id l is the input of
+    // layer l, n_layer the last layer's output (before the final norm).
+    static std::vector<int32_t> read_tap_layers(const std::string & path);
+
     bool    eagle3()        const { return eagle3_; }
+    int32_t head_dim()      const { return head_dim_; }
+    bool    norm_before_residual() const { return norm_before_residual_; }
+    const rope_params & rope() const { return rope_; }
     int32_t n_embd()        const { return n_embd_; }
     int32_t n_feature()     const { return n_feat_; }      // width of a committed feature row
     int32_t n_draft_vocab() const { return n_vocab_d_; }
@@ -71,22 +89,27 @@ public:
 private:
     struct weights;
     void load(const target & tgt);
+    void embed(const llama_token * tokens, int32_t n);  // token rows of the embedding -> emb_ (host)
     // from_target: rows are committed pairs with target features (causal, EAGLE-3 taps go
     // through fc); otherwise tree rows with the head's own outputs as inputs.
     void eval(const llama_token * tokens, const float * inputs, bool from_target, const int32_t * pos, int32_t n);
     ggml_cgraph * build(int32_t n, int32_t n_kv_after, bool from_target);
 
     std::string path_;
-    bool eagle3_ = false;
+    bool eagle3_ = false, norm_before_residual_ = false;
     int32_t n_embd_ = 0, n_feat_ = 0, n_vocab_d_ = 0, n_head_ = 0, n_head_kv_ = 0, n_ff_ = 0, head_dim_ = 0;
-    float eps_ = 1e-5f, rope_base_ = 10000.0f;
-    int32_t n_ctx_train_ = 4096;
+    float eps_ = 1e-5f;
+    rope_params rope_;
     std::vector<int32_t> tap_layers_;
     std::vector<int64_t> d2t_;
 
     std::unique_ptr<ggml_backend, ggml_backend_deleter> backend_;
     std::unique_ptr<ggml_context, ggml_context_deleter> ctx_w_;   // weights + KV metadata
     std::unique_ptr<ggml_backend_buffer, ggml_buffer_deleter> buf_w_;
+    std::unique_ptr<ggml_context, ggml_context_deleter> ctx_host_;  // the head's own embedding, if any
+    std::unique_ptr<ggml_backend_buffer, ggml_buffer_deleter> buf_host_;
+    const ggml_tensor * embd_ = nullptr;  // [h, V] in a host buffer (the target's or the head's own)
+    std::vector<float> emb_;              // [n, h] embedding rows of the current eval
     std::unique_ptr<weights> w_;
     std::unique_ptr<ggml_gallocr, ggml_gallocr_deleter> alloc_;
     std::vector<uint8_t> graph_meta_;                              // reused every eval
@@ -98,7 +121,7 @@ private:
     std::vector<float> out_y_, out_logits_;
 
     // per-eval input/output tensors of the current graph
-    ggml_tensor * t_tokens_ = nullptr, * t_inputs_ = nullptr, * t_pos_ = nullptr, * t_mask_ = nullptr;
+    ggml_tensor * t_emb_ = nullptr, * t_inputs_ = nullptr, * t_pos_ = nullptr, * t_mask_ = nullptr;
     ggml_tensor * t_y_ = nullptr, * t_logits_ = nullptr;
 };
 

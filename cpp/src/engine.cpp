@@ -46,18 +46,14 @@ engine::engine(const engine_params & params) : params_(params), rs_(std::make_un
     tp.flash_attn = params.flash_attn;
     tp.kv_f32 = params.kv_f32;
     if (!params.draft_path.empty()) {
-        // EAGLE-3 heads need the target's layer taps: read them from the head before loading the target
-        target_ = std::make_unique<target>(tp);
+        // EAGLE-3 heads need the target's layer taps: read them from the head file first, so that
+        // the target loads once, with them
+        tp.tap_layers = draft_head::read_tap_layers(params.draft_path);
+        tp.taps_for = params.draft_path;
+    }
+    target_ = std::make_unique<target>(tp);
+    if (!params.draft_path.empty()) {
         head_ = std::make_unique<draft_head>(params.draft_path, *target_, target_->n_ctx() + 512, 128);
-        if (head_->eagle3()) {
-            tp.tap_layers = head_->tap_layers();
-            head_.reset();
-            target_.reset();
-            target_ = std::make_unique<target>(tp);
-            head_ = std::make_unique<draft_head>(params.draft_path, *target_, target_->n_ctx() + 512, 128);
-        }
-    } else {
-        target_ = std::make_unique<target>(tp);
     }
 }
 

@@ -6,6 +6,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+struct ggml_tensor;
 
 namespace pyeagle::ext {
 
@@ -15,5 +18,10 @@ bool arch_has_layer_taps(const std::string & arch);
 void set_layer_tap(llama_context * ctx, uint32_t layer, bool on);
 // [n_tokens of the last decode, n_embd], token order (not output order)
 float * layer_tap(llama_context * ctx, uint32_t layer);
+
+// The loaded model's weight tensors called `name`, where they live (the model's own backend
+// buffers). Several when llama.cpp keeps a second copy in another buffer: a tied output matrix
+// duplicated from token_embd.weight into the output layer's (GPU or repacked) buffer.
+std::vector<ggml_tensor *> model_tensors(const llama_model * model, const std::string & name);
 
 }  // namespace pyeagle::ext

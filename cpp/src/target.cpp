@@ -33,6 +33,9 @@ bool abort_requested(void * data) {
     return static_cast<std::atomic<bool> *>(data)->load();
 }
 
+// llama.cpp's graph names each layer's output "l_out-<layer>" (src/models/llama.cpp, qwen3.cpp).
+std::string layer_out_name(int32_t layer) { return "l_out-" + std::to_string(layer); }
+
 }  // namespace
 
 target::target(const target_params & params) : params_(params) {
@@ -63,15 +66,21 @@ target::target(const target_params & params) : params_(params) {
     n_layer_ = llama_model_n_layer(model_.get());
     arch_    = meta("general.architecture");
 
-    for (int32_t l : params.tap_layers) {
+    const bool taps_fit = std::all_of(params.tap_layers.begin(), params.tap_layers.end(),
+                                      [&](int32_t l) { return l >= 0 && l <= n_layer_; });
+    if (!taps_fit && !params.taps_for.empty()) {
+        // the head file that asked for them does not fit this target: its own checks (vocabulary,
+        // sizes, then taps) say why, naming both files
+        params_.tap_layers.clear();
+    } else if (!taps_fit) {
+        throw std::invalid_argument(format("target: a tap layer is outside 0..%d (%s)", n_layer_, params.path.c_str()));
+    }
+    for (int32_t l : params_.tap_layers) {
         if (!ext::arch_has_layer_taps(arch_)) {
             throw std::invalid_argument(format("target: architecture '%s' exposes no layer taps (EAGLE-3 needs "
                                                "them): %s", arch_.c_str(), params.path.c_str()));
         }
-        if (l < 0 || l >= n_layer_) {
-            throw std::invalid_argument(format("target: tap layer %d outside [0, %d) (%s)", l, n_layer_,
-                                               params.path.c_str()));
-        }
+        if (l == n_layer_) final_tap_name_ = layer_out_name(n_layer_ - 1);
     }
 
     n_threads_ = params.n_threads > 0 ? params.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
@@ -90,6 +99,12 @@ target::target(const target_params & params) : params_(params) {
     cp.flash_attn_type = params.flash_attn < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO
                        : params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (params.kv_f32) cp.type_k = cp.type_v = GGML_TYPE_F32;
+    if (!final_tap_name_.empty()) {
+        // the last layer's output (before the final norm) has no layer-input tap: read it from
+        // the graph as it is computed
+        cp.cb_eval = final_tap_eval;
+        cp.cb_eval_user_data = this;
+    }
     ctx_.reset(llama_init_from_model(model_.get(), cp));
     if (!ctx_) {
         const std::string why = take_last_errors();
@@ -195,7 +210,18 @@ void target::set_features(bool on) {
     if (on == features_) return;
     features_ = on;
     llama_set_embeddings(ctx_.get(), on);
-    for (int32_t l : params_.tap_layers) ext::set_layer_tap(ctx_.get(), (uint32_t) l, on);
+    for (int32_t l : params_.tap_layers) {
+        if (l < n_layer_) ext::set_layer_tap(ctx_.get(), (uint32_t) l, on);
+    }
+}
+
+bool target::final_tap_eval(ggml_tensor * t, bool ask, void * data) {
+    auto * self = static_cast<target *>(data);
+    if (!self->features_ || self->final_tap_name_ != ggml_get_name(t)) return !ask;  // false: not wanted
+    if (ask) return true;
+    self->final_tap_.resize((size_t) ggml_nelements(t));
+    ggml_backend_tensor_get(t, self->final_tap_.data(), 0, ggml_nbytes(t));
+    return true;
 }
 
 // --- evaluation ---------------------------------------------------------------------------
@@ -219,7 +245,12 @@ void target::copy_features(int32_t row0, int32_t n_tokens) {
         std::memcpy(hidden_.data() + (size_t) (row0 + i) * n_embd_, h, sizeof(float) * n_embd_);
     }
     for (size_t k = 0; k < n_taps; ++k) {
-        const float * t = ext::layer_tap(ctx_.get(), (uint32_t) params_.tap_layers[k]);
+        const int32_t l = params_.tap_layers[k];
+        const float * t = l < n_layer_ ? ext::layer_tap(ctx_.get(), (uint32_t) l) : final_tap_.data();
+        if (l == n_layer_ && final_tap_.size() != (size_t) n_tokens * n_embd_) {
+            throw std::runtime_error(format("target: the last layer's output has %zu values, expected %d rows",
+                                            final_tap_.size(), n_tokens));
+        }
         for (int32_t i = 0; i < n_tokens; ++i) {
             std::memcpy(taps_.data() + ((size_t) (row0 + i) * n_taps + k) * n_embd_,
                         t + (size_t) i * n_embd_, sizeof(float) * n_embd_);

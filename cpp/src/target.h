@@ -26,7 +26,9 @@ struct target_params {
     int32_t n_gpu_layers = 0;    // -1: all
     int32_t n_batch      = 512;  // tokens per llama_decode: the prefill chunk and the largest tree
     int32_t n_seq_max    = 64;   // leaves of a tree (+ seq 0); llama.cpp's hard limit is 256
-    std::vector<int32_t> tap_layers;  // EAGLE-3: return the inputs of these layers per token
+    std::vector<int32_t> tap_layers;  // EAGLE-3: per token, the inputs of these layers (n_layer: the
+                                      // last layer's output, before the final norm)
+    std::string taps_for;             // the head file that asks for the taps (named in errors)
     int32_t flash_attn   = -1;   // -1 auto, 0 off, 1 on
     bool    kv_f32       = false;  // f32 KV cache instead of f16 (exactness tests)
 };
@@ -106,6 +108,7 @@ private:
     void decode_batch(int32_t n_tokens, const char * what);
     void copy_features(int32_t row0, int32_t n_tokens);
     void check_tokens(const llama_token * ids, int32_t n) const;
+    static bool final_tap_eval(ggml_tensor * t, bool ask, void * data);  // llama.cpp's cb_eval
 
     target_params params_;
     std::unique_ptr<llama_model, llama_model_deleter>     model_;    // declared before ctx_
@@ -120,6 +123,8 @@ private:
     std::vector<llama_token> tokens_;  // committed tokens, seq 0 positions 0..n_past-1
     std::vector<float> hidden_;        // [n_rows, n_embd]
     std::vector<float> taps_;          // [n_rows, n_taps * n_embd]
+    std::string final_tap_name_;       // graph tensor of the tap n_layer ("" when not tapped)
+    std::vector<float> final_tap_;     // [n_tokens, n_embd] of the last decode
     int32_t n_rows_ = 0;
     int32_t n_logits_ = 0;
     int32_t last_logits_row_ = -1;     // batch index of the last logits row of the last decode
