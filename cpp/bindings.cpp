@@ -82,7 +82,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("best_size", [](const std::vector<double> & a_desc, double sunk, std::vector<std::pair<int32_t, double>> curve,
                           int32_t m_max, double rate) {
               cost_model c;
-              c.set_curve(std::move(curve), 0);
+              c.set_curve(std::move(curve), 0, 0);
               const size_choice b = best_size(a_desc, sunk, c, m_max, rate);
               return py::make_tuple(b.m, b.expect, b.seconds);
           }, py::arg("a_desc"), py::arg("sunk"), py::arg("curve"), py::arg("m_max"), py::arg("rate"),
@@ -146,8 +146,9 @@ PYBIND11_MODULE(_core, m) {
         .def("last_logits", [](const target & t) { return vec(t.last_logits(), t.n_vocab()); })
         .def("logits", [](const target & t) { return rows(&target::logits, t, t.n_logits(), t.n_vocab()); },
              "logits of every node of the last verify, [n_nodes, n_vocab]")
-        .def("hidden", [](const target & t) { return rows(&target::hidden, t, t.n_rows(), t.n_embd()); },
-             "post-norm hidden states of the last prefill/verify, [n_rows, n_embd] (features on)")
+        .def("hidden", [](const target & t) { return rows(&target::hidden, t, t.n_hidden_rows(), t.n_embd()); },
+             "post-norm hidden states of the last prefill/verify, [n_rows, n_embd] (features on; no rows "
+             "when the features are EAGLE-3 layer-input taps only)")
         .def("taps", [](const target & t) {
                  return rows(&target::taps, t, t.n_rows(), (size_t) t.n_embd() * t.tap_layers().size());
              }, "EAGLE-3 layer inputs, [n_rows, n_taps * n_embd], low to high");

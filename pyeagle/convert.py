@@ -36,7 +36,7 @@ except ImportError:  # the progress bar is optional
 logger = logging.getLogger("pyeagle.convert")
 
 FORMAT_VERSION = 1
-OUTTYPES = ("f32", "f16", "q8_0")
+OUTTYPES = ("f32", "f16", "q8_0", "q5_0", "q4_0")
 
 
 class ConversionError(ValueError):
@@ -534,8 +534,9 @@ def _out_type(shape: tuple[int, ...], outtype: str) -> gguf.GGMLQuantizationType
     T = gguf.GGMLQuantizationType
     if len(shape) != 2 or outtype == "f32":
         return T.F32
-    if outtype == "q8_0" and shape[1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] == 0:
-        return T.Q8_0
+    q = {"q8_0": T.Q8_0, "q5_0": T.Q5_0, "q4_0": T.Q4_0}.get(outtype)
+    if q is not None and shape[1] % gguf.GGML_QUANT_SIZES[q][0] == 0:
+        return q
     return T.F16
 
 
@@ -619,7 +620,8 @@ def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt:
     arch = p.kind
     w.add_name(ckpt.dir.resolve().name)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+                     "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype])
     w.add_context_length(p.n_ctx)
     w.add_embedding_length(p.n_embd)
     w.add_block_count(1)
@@ -709,8 +711,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--target", required=True, help="the target model GGUF the head was trained for")
     ap.add_argument("--outfile", help="output GGUF (default: <checkpoint dir name>-<outtype>.gguf)")
     ap.add_argument("--outtype", choices=OUTTYPES, default="f32",
-                    help="type of 2-D weight matrices (norms, biases and d2t stay f32/i64); "
-                         "q8_0 falls back to f16 for rows not a multiple of 32")
+                    help="type of 2-D weight matrices (norms, biases and d2t stay f32/i64); the quantized "
+                         "types fall back to f16 for rows not a multiple of 32. q4_0 halves q8_0's memory, "
+                         "for small targets whose head is a large share of the total")
     ap.add_argument("--verbose", action="store_true", help="log details")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")

@@ -94,7 +94,9 @@ def write_variant(ck: Path, target: Path, variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("outtype,tol", [("f32", 2e-3), ("f16", 6e-2)])
+# q4_0's 4-bit weights on these 64-wide random matrices err by up to ~0.3 of the largest output: its
+# row is a check that the layout is right (a wrong one errs by more than the outputs themselves)
+@pytest.mark.parametrize("outtype,tol", [("f32", 2e-3), ("f16", 6e-2), ("q4_0", 0.5)])
 def test_forward_matches_numpy_reference(tiny_target, tmp_path, variant, outtype, tol):
     ck = tmp_path / "ckpt"
     write_variant(ck, tiny_target, variant)

@@ -177,6 +177,21 @@ def test_layer_taps_including_the_final_layers_output(tiny_f32):
     t.commit([0, 1])
 
 
+def test_taps_only_features_need_no_output_rows(tiny_f32):
+    """Layer-input taps alone (EAGLE-3 without the final tap) come for every token while only the
+    last prefill token is an output: the same taps, the same logits, no hidden rows."""
+    ids = Target(str(tiny_f32), n_ctx=64).tokenize(PROMPT)
+    all_rows = Target(str(tiny_f32), n_ctx=256, n_threads=1, tap_layers=[0, 1, 2])
+    taps_only = Target(str(tiny_f32), n_ctx=256, n_threads=1, tap_layers=[0, 1, 1])
+    for t in (all_rows, taps_only):
+        t.features = True
+        t.prefill(ids)
+    h = all_rows.n_embd
+    assert taps_only.hidden().shape == (0, h) and all_rows.hidden().shape == (len(ids), h)
+    np.testing.assert_allclose(taps_only.taps()[:, :2 * h], all_rows.taps()[:, :2 * h], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(taps_only.last_logits(), all_rows.last_logits(), rtol=0, atol=1e-4)
+
+
 def test_long_prefill_is_chunked(tiny_f32):
     kw = dict(n_ctx=512, n_threads=1, flash_attn=0, kv_f32=True)
     t = Target(str(tiny_f32), n_batch=16, **kw)

@@ -11,9 +11,10 @@ constexpr double ema = 0.1;  // weight of one new observation in the running cos
 
 // --- cost_model ---------------------------------------------------------------------------------
 
-void cost_model::set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t n_past) {
+void cost_model::set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t n_past, int32_t n_covered) {
     grid_ = std::move(grid);
     measured_at_ = n_past;
+    n_covered_ = std::max(n_covered, grid_.empty() ? 0 : grid_.back().first);
 }
 
 // The curve is not smooth: ggml's CPU kernels take rows in blocks of 4 (a batch of 8 can cost less

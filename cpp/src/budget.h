@@ -33,10 +33,11 @@ struct rate_count {
 
 class cost_model {
 public:
-    // grid of (tokens, seconds), n ascending, measured at a context of n_past tokens
-    void set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t n_past);
+    // grid of (tokens, seconds), n ascending, measured at a context of n_past tokens; it covers
+    // passes up to n_covered tokens (beyond its last point the cost grows in proportion)
+    void set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t n_past, int32_t n_covered);
     bool has_curve() const { return !grid_.empty(); }
-    int32_t n_max() const { return grid_.empty() ? 0 : grid_.back().first; }
+    int32_t n_covered() const { return grid_.empty() ? 0 : n_covered_; }
     int32_t measured_at() const { return measured_at_; }
     const std::vector<std::pair<int32_t, double>> & grid() const { return grid_; }
     double verify(int32_t n) const;  // seconds of one pass over n tokens
@@ -51,7 +52,7 @@ public:
 private:
     size_t at_or_above(int32_t n) const;  // the first grid point with n or more tokens (or the last)
     std::vector<std::pair<int32_t, double>> grid_;
-    int32_t measured_at_ = 0;
+    int32_t measured_at_ = 0, n_covered_ = 0;
     double probe_ = 0;                         // 0: never seen
     std::array<double, 65> step_{};            // [rows] EMA seconds, 0: never seen
 };

@@ -271,10 +271,20 @@ void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
         return s;
     };
     pass(1);
+    // Every size up to 16 (ggml's kernels make the curve step-shaped there), then sparser. Past 16
+    // the grid stops where a token no longer gets >= 10% cheaper with the batch (a CPU, ~20): the
+    // cost beyond is then proportional, which verify() assumes past the last point. A GPU's flat
+    // curve is measured to n_max. Passes that no round would pay for cost the first reply time,
+    // and a row of logits each (n_vocab floats) in memory.
     std::vector<std::pair<int32_t, double>> grid;
-    for (int32_t n = 1; n <= n_max; n = n < 16 ? n + 1 : n + 4 * std::max(1, n / 16)) grid.emplace_back(n, pass(n));
-    if (grid.back().first < n_max) grid.emplace_back(n_max, pass(n_max));
-    rs_->cost.set_curve(std::move(grid), target_->n_past());
+    bool linear = false;
+    for (int32_t n = 1; n <= n_max && !linear; n = n < 16 ? n + 1 : n + 4 * std::max(1, n / 16)) {
+        grid.emplace_back(n, pass(n));
+        const auto & [n0, s0] = grid[grid.size() >= 2 ? grid.size() - 2 : 0];
+        linear = n > 16 && grid.back().second / n > 0.9 * s0 / n0;
+    }
+    if (!linear && grid.back().first < n_max) grid.emplace_back(n_max, pass(n_max));
+    rs_->cost.set_curve(std::move(grid), target_->n_past(), n_max);
 }
 
 std::vector<std::pair<int32_t, double>> engine::verify_curve() const { return rs_->cost.grid(); }
@@ -356,7 +366,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
         const cost_model & cost = rs_->cost;
         const int32_t room = std::min(target_->n_batch(), target_->n_ctx() - target_->n_past());
         const int32_t n_want = std::min(gp.n_tree + 1, room), n_past = target_->n_past();
-        const bool stale = !cost.has_curve() || cost.n_max() < n_want
+        const bool stale = !cost.has_curve() || cost.n_covered() < n_want
                            || (n_past >= 2 * cost.measured_at() && n_past - cost.measured_at() >= 256);
         if (stale && room >= 2) {
             t0 = clock_t_::now();

@@ -82,6 +82,10 @@ target::target(const target_params & params) : params_(params) {
         }
         if (l == n_layer_) final_tap_name_ = layer_out_name(n_layer_ - 1);
     }
+    // Layer-input taps hold every token's row whether or not it is an output; the post-norm hidden
+    // state and the last layer's output only exist for output rows, which also pay a row of logits
+    // each (n_vocab floats, twice: graph and output buffer)
+    hidden_rows_ = params_.tap_layers.empty() || !final_tap_name_.empty();
 
     n_threads_ = params.n_threads > 0 ? params.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
     llama_context_params cp = llama_context_default_params();
@@ -209,7 +213,7 @@ void target::truncate(int32_t n_keep) {
 void target::set_features(bool on) {
     if (on == features_) return;
     features_ = on;
-    llama_set_embeddings(ctx_.get(), on);
+    llama_set_embeddings(ctx_.get(), on && hidden_rows_);
     for (int32_t l : params_.tap_layers) {
         if (l < n_layer_) ext::set_layer_tap(ctx_.get(), (uint32_t) l, on);
     }
@@ -239,7 +243,7 @@ void target::decode_batch(int32_t n_tokens, const char * what) {
 
 void target::copy_features(int32_t row0, int32_t n_tokens) {
     const size_t n_taps = params_.tap_layers.size();
-    for (int32_t i = 0; i < n_tokens; ++i) {
+    for (int32_t i = 0; hidden_rows_ && i < n_tokens; ++i) {
         const float * h = llama_get_embeddings_ith(ctx_.get(), i);
         if (!h) throw std::runtime_error("target: llama.cpp returned no hidden state");
         std::memcpy(hidden_.data() + (size_t) (row0 + i) * n_embd_, h, sizeof(float) * n_embd_);
@@ -267,7 +271,7 @@ void target::prefill(const llama_token * ids, int32_t n) {
     }
     n_rows_ = features_ ? n : 0;
     n_logits_ = 0;
-    hidden_.resize((size_t) n_rows_ * n_embd_);
+    hidden_.resize((size_t) n_hidden_rows() * n_embd_);
     taps_.resize((size_t) n_rows_ * n_embd_ * params_.tap_layers.size());
     const int32_t n_past0 = n_past();
     for (int32_t i0 = 0; i0 < n; i0 += n_batch_) {
@@ -277,7 +281,7 @@ void target::prefill(const llama_token * ids, int32_t n) {
             batch_->pos[i]       = n_past() + i;
             batch_->n_seq_id[i]  = 1;
             batch_->seq_id[i][0] = 0;
-            batch_->logits[i]    = features_ || i0 + i == n - 1;
+            batch_->logits[i]    = (features_ && hidden_rows_) || i0 + i == n - 1;
         }
         try {
             decode_batch(m, "prefill");
@@ -349,7 +353,7 @@ void target::verify(const llama_token * ids, const int32_t * parent, int32_t n) 
         throw;
     }
     n_rows_ = features_ ? n : 0;
-    hidden_.resize((size_t) n_rows_ * n_embd_);
+    hidden_.resize((size_t) n_hidden_rows() * n_embd_);
     taps_.resize((size_t) n_rows_ * n_embd_ * params_.tap_layers.size());
     if (features_) copy_features(0, n);
     last_logits_row_ = n - 1;

@@ -98,6 +98,9 @@ public:
     const float * hidden(int32_t i) const { return hidden_.data() + (size_t) i * n_embd_; }
     const float * taps(int32_t i) const { return taps_.data() + (size_t) i * n_embd_ * params_.tap_layers.size(); }
     int32_t n_rows() const { return n_rows_; }      // feature rows of the last prefill/verify
+    // rows of hidden(): none when the features are layer-input taps only (EAGLE-3), which cost no
+    // output row per token
+    int32_t n_hidden_rows() const { return hidden_rows_ ? n_rows_ : 0; }
     int32_t n_logits() const { return n_logits_; }  // logits rows of the last verify (0 after prefill)
 
     // Makes a running llama_decode return early (cancel from another thread).
@@ -118,6 +121,7 @@ private:
     std::string arch_;
     int32_t n_vocab_ = 0, n_embd_ = 0, n_layer_ = 0, n_ctx_ = 0, n_batch_ = 0, n_seq_max_ = 0, n_threads_ = 0;
     bool features_ = false;
+    bool hidden_rows_ = true;  // features include the post-norm hidden state (see the constructor)
     std::atomic<bool> abort_{false};
 
     std::vector<llama_token> tokens_;  // committed tokens, seq 0 positions 0..n_past-1
