@@ -249,16 +249,24 @@ def test_eagle3_loads_in_llama_cpp(tmp_path, tiny_f32, dims, outtype, kw):
         llama_cpp.llama_model_free(model)
 
 
-@pytest.mark.parametrize("own_embd,head_dim", [(True, None), (False, 32)])
-def test_eagle3_in_llama_cpp_matches_reference(tmp_path, tiny_f32, dims, own_embd, head_dim):
+LLAMA3_16 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 16}
+YARN_16 = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 16.0}
+
+
+@pytest.mark.parametrize("own_embd,head_dim,extra", [
+    (True, None, {"rope_scaling": LLAMA3_16}),
+    (False, 32, {"rope_scaling": LLAMA3_16}),
+    (False, 32, {"rope_scaling": YARN_16, "norm_before_residual": True}),
+    (True, None, {"rope_scaling": {"type": "linear", "factor": 2.0}, "norm_before_residual": True}),
+])
+def test_eagle3_in_llama_cpp_matches_reference(tmp_path, tiny_f32, dims, own_embd, head_dim, extra):
     """llama.cpp's own eagle3 decoder graph on the converted head == EagleRef on the checkpoint
-    (fed-back hidden rows, llama3 RoPE scaling, d2t scatter, head_dim != h / n_head). Without its
-    own token_embd the head borrows the target's through ctx_other, as llama.cpp's speculative
-    decoding does."""
+    (fed-back hidden rows, llama3 / yarn / linear RoPE scaling, norm_before_residual, d2t scatter,
+    head_dim != h / n_head). Without its own token_embd the head borrows the target's through
+    ctx_other, as llama.cpp's speculative decoding does."""
     L = pytest.importorskip("llama_cpp")
-    write_eagle3(tmp_path / "head", **dims, embed=own_embd, head_dim=head_dim, rope_theta=500.0, config_extra={"rope_scaling": {
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 16}})
+    write_eagle3(tmp_path / "head", **dims, embed=own_embd, head_dim=head_dim, rope_theta=500.0, config_extra=extra)
     head = convert(tmp_path / "head", tiny_f32, tmp_path / "head.gguf")
     ref = EagleRef(tmp_path / "head", tiny_f32)
     n, V = 8, dims["vocab"]
