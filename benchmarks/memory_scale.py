@@ -58,15 +58,14 @@ from typing import Callable
 
 import gguf
 import numpy as np
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "tests"))  # appended: the test helpers must not shadow anything installed
 from eagle_checkpoints import write_eagle3  # noqa: E402
-from tiny_gguf import CHATML, vocab as tiny_vocab  # noqa: E402
+from tiny_gguf import add_tokenizer, vocab as tiny_vocab  # noqa: E402
 
 from pyeagle.bench import fmt, machine, table  # noqa: E402
-from pyeagle.convert import convert, llama3_rope_factors  # noqa: E402
+from pyeagle.convert import PlannedTensor, convert, llama3_rope_factors, write_gguf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 Q8_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", 32)])  # ggml's block_q8_0: 34 bytes for 32 weights
@@ -131,34 +130,23 @@ def q8_0(rng: np.random.Generator, rows: int, cols: int, std: float) -> np.ndarr
     return blocks.view(np.uint8)
 
 
-@dataclass
-class Planned:
-    name: str
-    shape: tuple[int, ...]   # numpy order: (rows, cols)
-    qtype: Q
-    make: Callable[[], np.ndarray]
-
-    @property
-    def nbytes(self) -> int:
-        block, size = gguf.GGML_QUANT_SIZES[self.qtype]
-        return math.prod(self.shape) // block * size
-
-
-def target_plan(s: Shape, rope: bool, rng: np.random.Generator) -> list[Planned]:
+def target_plan(s: Shape, rope: bool, rng: np.random.Generator) -> list[PlannedTensor]:
     """llama.cpp's tensor names and shapes; weights ~ N(0, 1/fan_in) (logits ~ 3 for embeddings and
     output, so a 16-layer pass stays finite); RMSNorm gains ~1."""
     h, kv, ff, V = s.hidden, s.n_head_kv * s.head_dim, s.ff, s.vocab
 
-    def mat(name: str, rows: int, cols: int, gain: float = 1.0) -> Planned:
-        return Planned(name, (rows, cols), Q.Q8_0, lambda: q8_0(rng, rows, cols, gain / math.sqrt(cols)))
+    def mat(name: str, rows: int, cols: int, gain: float = 1.0) -> PlannedTensor:
+        return PlannedTensor(name, "random", (rows, cols), Q.Q8_0,
+                             lambda: q8_0(rng, rows, cols, gain / math.sqrt(cols)))
 
-    def norm(name: str) -> Planned:
-        return Planned(name, (h,), Q.F32, lambda: (1.0 + 0.1 * rng.standard_normal(h)).astype(np.float32))
+    def norm(name: str) -> PlannedTensor:
+        return PlannedTensor(name, "random", (h,), Q.F32,
+                             lambda: (1.0 + 0.1 * rng.standard_normal(h)).astype(np.float32))
 
     plan = [mat("token_embd.weight", V, h, 3.0)]
     if rope:  # how llama.cpp's converter stores llama3 scaling: per-pair frequency divisors
         factors = llama3_rope_factors(s.head_dim, 500000.0, rope_scaling(s))
-        plan.append(Planned("rope_freqs.weight", factors.shape, Q.F32, lambda: factors))
+        plan.append(PlannedTensor("rope_freqs.weight", "config", factors.shape, Q.F32, lambda: factors))
     for i in range(s.n_layer):
         p = f"blk.{i}."
         plan += [norm(p + "attn_norm.weight"), mat(p + "attn_q.weight", h, h), mat(p + "attn_k.weight", kv, h),
@@ -172,49 +160,22 @@ def target_plan(s: Shape, rope: bool, rng: np.random.Generator) -> list[Planned]
 
 def write_target(path: Path, s: Shape, rope: bool) -> None:
     tokens, scores, types = synthetic_vocab(s.vocab)
-    plan = target_plan(s, rope, np.random.default_rng(0))
-    part = path.with_name(path.name + ".part")
-    w = gguf.GGUFWriter(part, "llama")
-    w.add_name(path.stem)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    w.add_context_length(131072)
-    w.add_embedding_length(s.hidden)
-    w.add_block_count(s.n_layer)
-    w.add_feed_forward_length(s.ff)
-    w.add_head_count(s.n_head)
-    w.add_head_count_kv(s.n_head_kv)
-    w.add_rope_dimension_count(s.head_dim)
-    w.add_rope_freq_base(500000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(s.vocab)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_eot_token_id(4)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_chat_template(CHATML)
-    try:
-        for t in plan:  # streamed: one tensor in memory at a time
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        with tqdm(total=sum(t.nbytes for t in plan), unit="B", unit_scale=True, desc=path.name, disable=None) as bar:
-            for t in plan:
-                w.write_tensor_data(t.make())
-                bar.update(t.nbytes)
-        w.close()
-        os.replace(part, path)
-    except BaseException:
-        w.close()
-        part.unlink(missing_ok=True)
-        raise
+
+    def metadata(w: gguf.GGUFWriter) -> None:
+        w.add_name(path.stem)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+        w.add_context_length(131072)
+        w.add_embedding_length(s.hidden)
+        w.add_block_count(s.n_layer)
+        w.add_feed_forward_length(s.ff)
+        w.add_head_count(s.n_head)
+        w.add_head_count_kv(s.n_head_kv)
+        w.add_rope_dimension_count(s.head_dim)
+        w.add_rope_freq_base(500000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        add_tokenizer(w, tokens, scores, types)
+
+    write_gguf(path, "llama", metadata, target_plan(s, rope, np.random.default_rng(0)), desc=path.name)
 
 
 def write_head_checkpoint(directory: Path, s: Shape, rope: bool) -> None:

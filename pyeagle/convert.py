@@ -679,17 +679,26 @@ def convert(checkpoint_dir: str | os.PathLike, target_gguf: str | os.PathLike, o
     logger.info("%s head: h=%d ff=%d heads=%d/%d V=%d Vd=%d%s, %d tensors", p.kind, p.n_embd, p.n_ff, p.n_head,
                 p.n_head_kv, p.n_vocab, p.n_vocab_draft, f" taps={p.taps}" if p.taps else "", len(planned))
 
+    out = write_gguf(outfile, p.kind, lambda w: _write_metadata(w, p, target, ckpt, outtype), planned)
+    logger.info("wrote %s", out)
+    return out
+
+
+def write_gguf(outfile: str | Path, arch: str, metadata: Callable[[gguf.GGUFWriter], None],
+               planned: Sequence[PlannedTensor], desc: str = "converting") -> Path:
+    """Writes a GGUF one tensor at a time (each made only when written, so memory holds one); the
+    file appears only complete (a .part file, renamed at the end, removed on any error)."""
     out = Path(outfile)
     part = out.with_name(out.name + ".part")
-    w = gguf.GGUFWriter(part, p.kind)
+    w = gguf.GGUFWriter(part, arch)
     try:
-        _write_metadata(w, p, target, ckpt, outtype)
+        metadata(w)
         for t in planned:  # raw_dtype gives the GGML type; the NumPy dtype is then only nominal
             w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        bar = tqdm(planned, desc="converting", unit="tensor", disable=None) if tqdm else planned
+        bar = tqdm(planned, desc=desc, unit="tensor", disable=None) if tqdm else planned
         for t in bar:
             data = t.make()
             if data.nbytes != _nbytes(t.shape, t.qtype):
@@ -701,7 +710,6 @@ def convert(checkpoint_dir: str | os.PathLike, target_gguf: str | os.PathLike, o
         w.close()
         part.unlink(missing_ok=True)
         raise
-    logger.info("wrote %s", out)
     return out
 
 
