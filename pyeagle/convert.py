@@ -554,7 +554,28 @@ def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
     return math.prod(shape) // block * size
 
 
-def plan(ckpt: Checkpoint, target: TargetInfo, outtype: str) -> tuple[HeadParams, list[PlannedTensor]]:
+def embedding_difference(emb: np.ndarray, target_gguf: Path, chunk: int = 8192) -> float | None:
+    """Relative RMS difference between a head's embedding [V, h] and the target's token_embd
+    (dequantized, in row chunks); None when the target's has another shape."""
+    te = next((t for t in gguf.GGUFReader(target_gguf).tensors if t.name == "token_embd.weight"), None)
+    if te is None or tuple(int(x) for x in reversed(te.shape)) != emb.shape:
+        return None
+    err = ref = 0.0
+    for i in range(0, emb.shape[0], chunk):
+        b = gguf.quants.dequantize(te.data[i:i + chunk], te.tensor_type).reshape(-1, emb.shape[1]).astype(np.float64)
+        a = emb[i:i + chunk].astype(np.float64)
+        err += float(np.sum((a - b) ** 2))
+        ref += float(np.sum(b ** 2))
+    return math.sqrt(err / max(ref, 1e-30))
+
+
+# A head's embed_tokens within this relative RMS of the target's token_embd is the target's
+# (EAGLE trainers freeze a copy of it; the difference is the target's quantization): not written.
+SAME_EMBEDDING = 0.15
+
+
+def plan(ckpt: Checkpoint, target: TargetInfo, outtype: str,
+         keep_embedding: bool = False) -> tuple[HeadParams, list[PlannedTensor]]:
     """Validates the checkpoint against the tables and the target; nothing is written yet."""
     files = ", ".join(f.name for f in ckpt.files)
     where = ckpt.dir / files if len(ckpt.files) == 1 else ckpt.dir
@@ -600,6 +621,12 @@ def plan(ckpt: Checkpoint, target: TargetInfo, outtype: str) -> tuple[HeadParams
             continue
         if t.dtype not in _FLOAT_DTYPES:
             raise ConversionError(f"{where}: tensor {names[canon]}: expected a float tensor, got {t.dtype}")
+        if canon == "embed_tokens.weight" and not keep_embedding and p.n_embd == target.n_embd:
+            diff = embedding_difference(t.load(), target.path)
+            if diff is not None and diff <= SAME_EMBEDDING:
+                logger.info("%s equals the target's token_embd (relative RMS difference %.4f): not written, the "
+                            "runtime uses the target's (--keep-embedding writes it)", names[canon], diff)
+                continue
         n_perm = p.n_head if canon.endswith(PERMUTED_Q) else p.n_head_kv if canon.endswith(PERMUTED_K) else 0
         qtype = _out_type(want, outtype)
 
@@ -668,14 +695,14 @@ def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt:
 
 
 def convert(checkpoint_dir: str | os.PathLike, target_gguf: str | os.PathLike, outfile: str | os.PathLike,
-            outtype: str = "f32") -> Path:
+            outtype: str = "f32", keep_embedding: bool = False) -> Path:
     """Converts the head in checkpoint_dir for the target model; returns the written GGUF path.
     The output appears only when the conversion succeeded (written to a .part file, then renamed)."""
     if outtype not in OUTTYPES:
         raise ConversionError(f"outtype {outtype!r}: expected one of {', '.join(OUTTYPES)}")
     ckpt = read_checkpoint(checkpoint_dir)
     target = read_target(target_gguf)
-    p, planned = plan(ckpt, target, outtype)
+    p, planned = plan(ckpt, target, outtype, keep_embedding)
     logger.info("%s head: h=%d ff=%d heads=%d/%d V=%d Vd=%d%s, %d tensors", p.kind, p.n_embd, p.n_ff, p.n_head,
                 p.n_head_kv, p.n_vocab, p.n_vocab_draft, f" taps={p.taps}" if p.taps else "", len(planned))
 
@@ -722,12 +749,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="type of 2-D weight matrices (norms, biases and d2t stay f32/i64); the quantized "
                          "types fall back to f16 for rows not a multiple of 32. q4_0 halves q8_0's memory, "
                          "for small targets whose head is a large share of the total")
+    ap.add_argument("--keep-embedding", action="store_true",
+                    help="write the head's embed_tokens even when it equals the target's token_embd (by default "
+                         "such a copy is dropped: the runtime uses the target's, which saves V x h weights)")
     ap.add_argument("--verbose", action="store_true", help="log details")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     outfile = args.outfile or f"{Path(args.checkpoint_dir).resolve().name}-{args.outtype}.gguf"
     try:
-        convert(args.checkpoint_dir, args.target, outfile, args.outtype)
+        convert(args.checkpoint_dir, args.target, outfile, args.outtype, args.keep_embedding)
     except (ConversionError, OSError) as e:  # OSError: e.g. an unwritable --outfile
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -89,10 +89,17 @@ def _llama_config(hidden: int, vocab: int, n_head: int, n_head_kv: int, ff: int,
 
 class _Rand:
     def __init__(self, seed: int):
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
 
     def mat(self, rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
         return (self.rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(np.float32)
+
+    def embedding(self, vocab: int, hidden: int) -> np.ndarray:
+        """std 1, like the target's; from its own stream (a head's first draw with the tiny targets'
+        seed would otherwise equal their token_embd, which the converter drops as the target's)."""
+        self.mat(vocab, hidden)  # keeps the draws of the other tensors as they were
+        return np.random.default_rng([self.seed, 1]).standard_normal((vocab, hidden)).astype(np.float32)
 
     def vec(self, n: int, scale: float) -> np.ndarray:
         return (self.rng.standard_normal(n) * scale).astype(np.float32)
@@ -123,7 +130,7 @@ def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: in
 
     t: dict[str, np.ndarray] = {}
     if embed:
-        t["embed_tokens.weight"] = r.mat(vocab, hidden, np.sqrt(hidden))  # std 1, like the target's
+        t["embed_tokens.weight"] = r.embedding(vocab, hidden)
     t["fc.weight"] = r.mat(hidden, 2 * hidden)
     if fc_bias:
         t["fc.bias"] = r.vec(hidden, 0.1)
@@ -184,7 +191,7 @@ def write_eagle3(directory: str | Path, *, hidden: int, vocab: int, n_layer: int
 
     t: dict[str, np.ndarray] = {}
     if embed:
-        t["embed_tokens.weight"] = r.mat(vocab, hidden, np.sqrt(hidden))
+        t["embed_tokens.weight"] = r.embedding(vocab, hidden)
     t["fc.weight"] = r.mat(hidden, 3 * h_t)
     m = layers_name
     t[m + "hidden_norm.weight"] = r.norm(hidden)

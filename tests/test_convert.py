@@ -539,3 +539,31 @@ def test_cli(tmp_path, tiny_f32, dims):
                                "--outtype", "f16"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert read_gguf(tmp_path / "h.gguf")[1]["fc.weight"][0] == T.F16
+
+
+# ---------------------------------------------------------------- an embedding that is the target's
+@pytest.mark.parametrize("kind", ["eagle12", "eagle3"])
+@pytest.mark.parametrize("keep", [False, True])
+def test_embedding_equal_to_the_targets_is_not_written(tmp_path, tiny_q8, kind, keep):
+    """Trainers freeze a copy of the target's embedding into the head (V x h: ~1 GB at 8B in f16).
+    The converter drops a copy equal to the target's token_embd (here: the Q8_0 target's, stored in
+    bf16) unless --keep-embedding; the runtime then uses the target's. An own embedding stays."""
+    from pyeagle import DraftHead, Target
+    dims = target_dims(tiny_q8)
+    write = write_eagle3 if kind == "eagle3" else write_eagle12
+    cfg, tensors = write(tmp_path / "ck", **dims, embed=True, dtype="bf16")
+    r = gguf.GGUFReader(str(tiny_q8))
+    te = next(t for t in r.tensors if t.name == "token_embd.weight")
+    tensors["embed_tokens.weight"] = gguf.quants.dequantize(te.data, te.tensor_type).reshape(dims["vocab"], -1)
+    save(tmp_path / "ck", cfg, tensors, "safetensors", "bf16")
+    _, out = read_gguf(convert(tmp_path / "ck", tiny_q8, tmp_path / "head.gguf", keep_embedding=keep))
+    assert ("token_embd.weight" in out) == keep
+    tgt = Target(str(tiny_q8), n_ctx=128, n_threads=1)
+    head = DraftHead(str(tmp_path / "head.gguf"), tgt, n_ctx=64, n_batch=16)
+    from test_draft_head import run_both
+    for got, want in run_both(head, EagleRef(tmp_path / "ck", tiny_q8), tgt, kind == "eagle3", np.random.default_rng(2)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * max(1.0, float(np.abs(want).max())))
+    # a trained (different) embedding is the head's own: always written
+    write(tmp_path / "own", **dims, embed=True, seed=5)
+    _, out = read_gguf(convert(tmp_path / "own", tiny_q8, tmp_path / "own.gguf"))
+    assert "token_embd.weight" in out
