@@ -7,6 +7,8 @@
 #include "target.h"
 #include "tree.h"
 
+#include "ggml-backend.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -89,6 +91,18 @@ PYBIND11_MODULE(_core, m) {
           "(m, expected tokens, seconds): the round policy's tree size for drafts with estimated acceptance "
           "a_desc (descending), drafting time already spent, a verify cost curve [(tokens, seconds)] and the "
           "price of time (tokens per second)");
+    m.def("devices", [] {
+              std::vector<py::tuple> out;
+              for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+                  ggml_backend_dev_t d = ggml_backend_dev_get(i);
+                  const auto type = ggml_backend_dev_type(d);
+                  out.push_back(py::make_tuple(std::string(ggml_backend_dev_name(d)), std::string(ggml_backend_dev_description(d)),
+                      type == GGML_BACKEND_DEVICE_TYPE_CPU ? "cpu" : type == GGML_BACKEND_DEVICE_TYPE_GPU ? "gpu"
+                      : type == GGML_BACKEND_DEVICE_TYPE_IGPU ? "igpu" : "accel"));
+              }
+              return out;
+          }, "ggml's devices in this build: [(name, description, cpu|gpu|igpu|accel)]; n_gpu_layers offloads to "
+             "the gpu/igpu ones");
     m.def("check_gguf_file", &check_gguf_file, py::arg("path"), py::call_guard<py::gil_scoped_release>());
 
     py::class_<target>(m, "Target")

@@ -357,7 +357,8 @@ def measure_memory(args: argparse.Namespace, model: str, head: str | None, promp
     out = {}
     for mode in ("plain", "eagle") if head else ("plain",):
         cmd = [sys.executable, "-m", "pyeagle.bench", "--_memory-probe", mode, "-m", model, "-n", str(args.n),
-               "-c", str(args.ctx_size), "-t", str(args.threads), "-fa", args.flash_attn, "--temp", str(args.temp)]
+               "-c", str(args.ctx_size), "-t", str(args.threads), "-fa", args.flash_attn, "--temp", str(args.temp),
+               "-ngl", str(args.n_gpu_layers)]
         if mode == "eagle":
             cmd += ["-md", head]
             cmd += tree_argv(args)
@@ -610,8 +611,8 @@ def time_passes(t: Target, n: int, reps: int, rng: np.random.Generator) -> dict[
     return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
-def verify_curve(model: str, n_threads: int, reps: int, sizes: list[int]) -> None:
-    t = Target(model, n_ctx=2048, n_threads=n_threads, n_batch=512, n_seq_max=64)
+def verify_curve(model: str, n_threads: int, reps: int, sizes: list[int], n_gpu_layers: int = 0) -> None:
+    t = Target(model, n_ctx=2048, n_threads=n_threads, n_batch=512, n_seq_max=64, n_gpu_layers=n_gpu_layers)
     t.features = True  # the engine verifies with features on: every node is an output row
     prefix = t.tokenize(PROMPT)
     t.prefill(prefix)
@@ -628,7 +629,7 @@ def verify_curve(model: str, n_threads: int, reps: int, sizes: list[int]) -> Non
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(n_ctx=args.ctx_size, n_threads=args.threads, **tree_kwargs(args), flash_attn={"auto": -1, "off": 0, "on": 1}[args.flash_attn],
-                kv_f32=args.kv_f32)
+                kv_f32=args.kv_f32, n_gpu_layers=args.n_gpu_layers)
 
 
 def progress(desc: str, iterable: Iterable | None = None, total: int | None = None) -> tqdm:
@@ -872,6 +873,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("-n", "--n-predict", dest="n", type=int, default=256, help="new tokens per prompt (default 256)")
     a("-c", "--ctx-size", type=int, default=4096, help="context size (default 4096)")
     a("-t", "--threads", type=int, default=0, help="CPU threads (default 0: all)")
+    a("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU (-1: all; default 0)")
     a("-fa", "--flash-attn", choices=("on", "off", "auto"), default="auto", help="flash attention (default auto)")
     a("--kv-f32", action="store_true", help="f32 KV cache (default f16)")
     a("--temp", type=float, default=0.0, help="temperature (default 0: greedy)")
@@ -906,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
         require_matplotlib()  # fail now, not after the run
     if args.verify_curve:
         verify_curve(args.model or str(models.default_target()), args.threads, args.reps,
-                     [int(s) for s in (args.sizes or "1,2,4,8,16,32,64").split(",")])
+                     [int(s) for s in (args.sizes or "1,2,4,8,16,32,64").split(",")], args.n_gpu_layers)
         return 0
     if args.tree_sweep:
         return tree_sweep(args)
