@@ -85,6 +85,7 @@ class Oracle:
 
 
 def chi_square_p(samples: list[tuple[int, int]], exact: dict) -> float:
+    N = len(samples)
     counts: dict = {}
     for s in samples:
         counts[s] = counts.get(s, 0) + 1
@@ -105,13 +106,14 @@ def chi_square_p(samples: list[tuple[int, int]], exact: dict) -> float:
 
 
 def draw(model: str, temperature: float, top_p: float, top_k: int, broken: bool = False, prompt: str | list[int] = PROMPT,
-         tree: dict = TREE, stats: list | None = None, forced: list[str] = ()) -> list[tuple[int, int]]:
-    eng = Engine(model, draft=None, **EXACT)
+         tree: dict = TREE, stats: list | None = None, forced: list[str] = (), n: int = N,
+         **engine_kw) -> list[tuple[int, int]]:
+    eng = Engine(model, draft=None, **{**EXACT, **engine_kw})
     eng._core.set_draft_oracle(Oracle(model))
     eng._core.set_forced_kinds(list(forced))
     eng._core.set_broken_acceptance(broken)
     out = []
-    for seed in range(N):
+    for seed in range(n):
         res = eng.generate(prompt, max_tokens=2, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                            **tree)
         assert len(res.tokens) == 2

@@ -424,6 +424,8 @@ void draft_head::embed(const llama_token * tokens, int32_t n) {
     }
 }
 
+std::string draft_head::device() const { return ggml_backend_name(backend_.get()); }
+
 void draft_head::set_n_threads(int32_t n) {
     if (ggml_backend_is_cpu(backend_.get())) ggml_backend_cpu_set_n_threads(backend_.get(), std::max(1, n));
 }

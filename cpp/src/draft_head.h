@@ -59,6 +59,7 @@ public:
     // target id of draft-vocabulary row d (identity for the full vocabulary)
     llama_token to_target(int32_t d) const { return d2t_.empty() ? d : (llama_token) d2t_[d]; }
     const std::string & path() const { return path_; }
+    std::string device() const;  // the ggml backend the head runs on ("CPU", "Vulkan0", "CUDA0", ...)
 
     int32_t n_committed() const { return n_committed_; }
     int32_t n_kv()        const { return n_kv_; }
