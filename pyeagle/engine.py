@@ -89,7 +89,7 @@ class Engine:
                  n_depth: int | None = None, n_top_k: int | None = None, n_tree: int | None = None,
                  p_min: float | None = None, adaptive: bool | None = None, flash_attn: int = -1,
                  kv_f32: bool = False, n_lookup: int | None = None, suffix: bool | None = None,
-                 copy_only: bool | None = None):
+                 copy_only: bool | None = None, chat_template: str | None = None):
         if target is None:
             from . import models
             target = models.default_target()
@@ -105,6 +105,8 @@ class Engine:
         self.tree = with_overrides(DEFAULT_TREE, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
                                    adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only)
         self._lock = threading.Lock()
+        self._chat_template_source = chat_template  # template text or a file; None: the GGUF's own, else ChatML
+        self._chat_template = None
 
     # --- facts --------------------------------------------------------------------------
     @property
@@ -114,6 +116,20 @@ class Engine:
     @property
     def has_draft(self) -> bool:
         return self._core.has_head
+
+    @property
+    def model_name(self) -> str:
+        """The target file's name without .gguf: the `model` of OpenAI-shaped responses."""
+        name = Path(self.target_path).name
+        return name[:-5] if name.endswith(".gguf") else name
+
+    @property
+    def chat_template(self):
+        """The chat template (template.ChatTemplate): the GGUF's own unless one was given, else ChatML."""
+        if self._chat_template is None:
+            from .template import ChatTemplate
+            self._chat_template = ChatTemplate.from_target(self.target, self._chat_template_source)
+        return self._chat_template
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.target.tokenize(text, add_special=add_special, parse_special=True)
@@ -143,6 +159,22 @@ class Engine:
                 self.last = piece
             elif piece:
                 yield piece
+
+    # --- OpenAI-shaped (openai_api.py) ----------------------------------------------------
+    def create_completion(self, prompt: Prompt, **kw):
+        """OpenAI's completions: a text_completion dict, or with stream=True an iterator of chunks.
+        Keywords: max_tokens (16), temperature (1.0), top_p, seed, stop, stream, stream_options,
+        and the tree options of generate()."""
+        from .openai_api import create_completion
+        return create_completion(self, prompt, **kw)
+
+    def create_chat_completion(self, messages: Sequence[dict], **kw):
+        """OpenAI's chat completions, rendered with the model's chat template: a chat.completion
+        dict, or with stream=True an iterator of chat.completion.chunk dicts. Keywords: max_tokens
+        (None: the rest of the context), temperature (1.0), top_p, seed, stop, stream,
+        stream_options, and the tree options of generate()."""
+        from .openai_api import create_chat_completion
+        return create_chat_completion(self, messages, **kw)
 
     def cancel(self) -> None:
         """Stops a running generate()/stream() (from another thread) within one round."""
