@@ -370,7 +370,12 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
                            || (n_past >= 2 * cost.measured_at() && n_past - cost.measured_at() >= 256);
         if (stale && room >= 2) {
             t0 = clock_t_::now();
-            measure_verify_cost(n_want, root);
+            try {
+                measure_verify_cost(n_want, root);
+            } catch (const std::runtime_error &) {  // a cancel during the calibration passes (slow devices)
+                if (cancel_.load()) { res.stop_reason = "cancelled"; st.t_total = since(t_start); return res; }
+                throw;
+            }
             st.t_prefill += since(t0);
         }
     }

@@ -120,6 +120,12 @@ target::target(const target_params & params) : params_(params) {
     n_batch_   = (int32_t) llama_n_batch(ctx_.get());
     n_seq_max_ = (int32_t) llama_n_seq_max(ctx_.get());
     llama_set_abort_callback(ctx_.get(), abort_requested, &abort_);
+    // Layer-input taps stay on for the context's life (a plain step copies its rows too, a few KB):
+    // switching them on after decodes without them corrupted the heap on ggml's Vulkan backend
+    // (tests/test_gpu.py), and llama.cpp's graph reuse does not compare them.
+    for (int32_t l : params_.tap_layers) {
+        if (l < n_layer_) ext::set_layer_tap(ctx_.get(), (uint32_t) l, true);
+    }
     batch_.reset(new llama_batch(llama_batch_init(n_batch_, 0, n_seq_max_)));
 }
 
@@ -214,9 +220,6 @@ void target::set_features(bool on) {
     if (on == features_) return;
     features_ = on;
     llama_set_embeddings(ctx_.get(), on && hidden_rows_);
-    for (int32_t l : params_.tap_layers) {
-        if (l < n_layer_) ext::set_layer_tap(ctx_.get(), (uint32_t) l, on);
-    }
 }
 
 bool target::final_tap_eval(ggml_tensor * t, bool ask, void * data) {
