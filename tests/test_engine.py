@@ -8,6 +8,7 @@ margin these seeds produce, so a difference in tokens is a bug.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -232,3 +233,47 @@ def test_confidence_floor_is_validated(tiny_f32):
     eng = Engine(str(tiny_f32), draft=None, **EXACT)
     with pytest.raises(ValueError, match="p_min"):
         eng.generate("the", max_tokens=2, p_min=1.5)
+
+
+LONG = " ".join(["the tree of code and a fast model"] * 25)  # ~580 tokens
+
+
+@pytest.mark.parametrize("when", ["prefill", "head_round", "stream"])
+def test_cancel_from_another_thread_leaves_the_engine_as_fresh(tiny_f32, random_heads, when):
+    """cancel() from another thread during the prefill, during head draft rounds, and during a
+    stream: the call ends early ("cancelled"), and the engine's next generation equals a fresh
+    engine's."""
+    import threading
+    eng = Engine(str(tiny_f32), draft=str(random_heads["eagle3"]), **EXACT)
+    fixed = dict(adaptive=False, n_tree=8, n_depth=4, n_top_k=2)
+    eng.generate("warm up", max_tokens=4, **fixed)  # calibration and first allocations done
+    started = threading.Event()
+    out = None
+    if when == "stream":
+        pieces = []
+        for piece in eng.stream(LONG, max_tokens=400, **fixed):
+            pieces.append(piece)
+            if len(pieces) == 2:
+                threading.Thread(target=eng.cancel).start()
+        out = eng.last
+    else:
+        # a cancel racing the call: fired as soon as the worker runs, repeatedly until it lands
+        def canceller():
+            started.wait()
+            for _ in range(200):
+                eng.cancel()
+                time.sleep(0.0005)
+        t = threading.Thread(target=canceller)
+        t.start()
+        started.set()
+        prompt = LONG if when == "prefill" else "one two three"
+        out = eng.generate(prompt, max_tokens=400, **fixed)
+        t.join()
+    assert out.stop_reason in ("cancelled", "eog", "max_tokens", "context_full")
+    if when != "head_round":
+        assert out.stop_reason == "cancelled"
+    if when == "prefill":
+        assert out.stats.n_tokens <= 1, out.stats  # stopped in the prefill (or at its first token)
+    fresh = Engine(str(tiny_f32), draft=str(random_heads["eagle3"]), **EXACT)
+    for p in ("the tree of code", LONG[:120]):
+        assert eng.generate(p, max_tokens=24, **fixed).tokens == fresh.generate(p, max_tokens=24, **fixed).tokens
