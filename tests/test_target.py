@@ -220,6 +220,14 @@ def test_not_a_gguf(tmp_path):
         Target(str(p))
 
 
+def test_duplicate_token_strings_are_refused_not_aborted(tmp_path):
+    """llama.cpp aborts the process on a vocabulary with two equal strings; pyeagle refuses the file."""
+    from tiny_gguf import TinySpec, write_tiny_llama
+    bad = write_tiny_llama(tmp_path / "dup.gguf", TinySpec(duplicate=True))
+    with pytest.raises(ModelFileError, match=r"dup\.gguf.*same string"):
+        Target(str(bad), n_ctx=64)
+
+
 @pytest.mark.parametrize("keep", [0.001, 0.3, 0.9, 0.999])
 def test_truncated_gguf(tiny_q8, tmp_path, keep):
     data = tiny_q8.read_bytes()

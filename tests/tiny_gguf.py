@@ -42,9 +42,10 @@ class TinySpec:
     tied: bool = False         # no output.weight: token_embd is the output matrix too (SmolLM2, Llama-3.2-1B)
     extra_tokens: int = 0      # more tokens: another vocabulary size
     renamed: bool = False      # the last token spelled differently: same size, another vocabulary
+    duplicate: bool = False    # the last token spelled as the one before it: a corrupt vocabulary
 
 
-def vocab(extra_tokens: int = 0, renamed: bool = False) -> tuple[list[str], list[float], list[int]]:
+def vocab(extra_tokens: int = 0, renamed: bool = False, duplicate: bool = False) -> tuple[list[str], list[float], list[int]]:
     T = gguf.TokenType
     tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     types = [T.UNKNOWN, T.CONTROL, T.CONTROL, T.CONTROL, T.CONTROL]
@@ -62,6 +63,8 @@ def vocab(extra_tokens: int = 0, renamed: bool = False) -> tuple[list[str], list
             types.append(T.NORMAL)
     if renamed:
         tokens[-1] = "\u2581renamed"
+    if duplicate:
+        tokens[-1] = tokens[-2]
     # SentencePiece scores: longer pieces first, so words win over letters
     scores = [0.0] * len(tokens)
     for i, t in enumerate(tokens):
@@ -91,7 +94,7 @@ def write_tiny_llama(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """Writes a random llama model with the tiny tokenizer; returns the path."""
     path = Path(path)
     rng = np.random.default_rng(spec.seed)
-    tokens, scores, types = vocab(spec.extra_tokens, spec.renamed)
+    tokens, scores, types = vocab(spec.extra_tokens, spec.renamed, spec.duplicate)
     n_vocab, h, ff = len(tokens), spec.n_embd, spec.n_ff
     head_dim = h // spec.n_head
     h_kv = head_dim * spec.n_head_kv

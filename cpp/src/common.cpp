@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <atomic>
 #include <mutex>
+#include <string>
+#include <unordered_map>
 #include <sys/stat.h>
 #include <vector>
 
@@ -100,6 +102,26 @@ void check_gguf_file(const std::string & path) {
     if (!g) {
         const std::string why = take_last_errors();
         throw file_error(path, "corrupt or truncated GGUF" + (why.empty() ? std::string() : " (" + why + ")"));
+    }
+    // llama.cpp aborts the process on a vocabulary with two equal token strings (llama-vocab.cpp:
+    // GGML_ASSERT(id_to_token.size() == token_to_id.size()); an empty string counts as
+    // "[EMPTY_<id>]" there): refuse such a file here, with its name.
+    const int64_t tok_key = gguf_find_key(g, "tokenizer.ggml.tokens");
+    if (tok_key >= 0 && gguf_get_kv_type(g, tok_key) == GGUF_TYPE_ARRAY &&
+        gguf_get_arr_type(g, tok_key) == GGUF_TYPE_STRING) {
+        std::unordered_map<std::string, size_t> seen;
+        const size_t n_tok = gguf_get_arr_n(g, tok_key);
+        seen.reserve(n_tok);
+        for (size_t i = 0; i < n_tok; ++i) {
+            std::string word = gguf_get_arr_str(g, tok_key, i);
+            if (word.empty()) word = "[EMPTY_" + std::to_string(i) + "]";
+            const auto [it, fresh] = seen.emplace(std::move(word), i);
+            if (!fresh) {
+                gguf_free(g);
+                throw file_error(path, format("corrupt vocabulary: tokens %zu and %zu are the same string",
+                                              it->second, i));
+            }
+        }
     }
     // gguf checks the header; also check that all tensor data lies inside the file.
     const size_t data_end = gguf_get_data_offset(g);
