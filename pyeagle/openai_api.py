@@ -29,10 +29,19 @@ class ContextLengthError(ValueError):
     code = "context_length_exceeded"
 
 
+def utf8(text: str, where: str) -> str:
+    """text, checked to be encodable (JSON may carry lone surrogates, which no tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: not valid Unicode text ({e.reason} at {e.start})") from None
+    return text
+
+
 def message_text(content: Any, where: str) -> str:
     """A message's content: a string, or OpenAI's content parts of type text (joined)."""
     if isinstance(content, str):
-        return content
+        return utf8(content, where)
     if content is None:
         return ""
     if isinstance(content, list):
@@ -40,7 +49,7 @@ def message_text(content: Any, where: str) -> str:
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise ValueError(f"{where}: only text content parts are supported")
-            out.append(part["text"])
+            out.append(utf8(part["text"], where))
         return "".join(out)
     raise ValueError(f"{where}: content must be a string or a list of text parts")
 
@@ -65,7 +74,7 @@ def stop_list(stop: Union[str, Sequence[str], None]) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop)
     if not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
         raise ValueError("stop must be a non-empty string or a list of at most 16 of them")
-    return stops
+    return [utf8(s, "stop") for s in stops]
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -173,7 +182,7 @@ def prepare_completion(engine: "Engine", prompt: Union[str, Sequence[int]], max_
                        stop: Union[str, Sequence[str], None] = None, stream_options: dict | None = None,
                        model: str | None = None, **engine_kw) -> Prepared:
     if isinstance(prompt, str):
-        ids = engine.tokenize(prompt)
+        ids = engine.tokenize(utf8(prompt, "prompt"))
     elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
                                                              for t in prompt):
         ids = list(prompt)

@@ -129,7 +129,23 @@ class Worker:
                 self.engine.cancel()
 
     def stop(self) -> None:
-        self.jobs.put(None)
+        """Cancels what waits and what runs, then ends the thread (never blocks on a full queue)."""
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancelled.set()
+                job.put(DONE)
+        with self.lock:
+            if self.current is not None:
+                self.current.cancelled.set()
+                self.engine.cancel()
+        try:
+            self.jobs.put_nowait(None)
+        except queue.Full:  # a request queued meanwhile: the worker stops after it, cancelled
+            pass
 
     def run(self) -> None:
         while True:
@@ -171,10 +187,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 16, 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        with worker.lock:  # shutting down: stop the running generation, end the worker
-            if worker.current is not None:
-                engine.cancel()
-        worker.stop()
+        worker.stop()  # shutting down: cancel the queued and the running generations
 
     app = FastAPI(title="pyeagle", description="OpenAI-compatible server over EAGLE speculative decoding",
                   lifespan=lifespan)

@@ -567,3 +567,13 @@ def test_embedding_equal_to_the_targets_is_not_written(tmp_path, tiny_q8, kind, 
     write(tmp_path / "own", **dims, embed=True, seed=5)
     _, out = read_gguf(convert(tmp_path / "own", tiny_q8, tmp_path / "own.gguf"))
     assert "token_embd.weight" in out
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "yarn"}, {"rope_type": "yarn", "factor": 0.5},
+                                     {"rope_type": "dynamic", "factor": 2.0},
+                                     {"rope_type": "yarn", "factor": 4.0, "mscale": 0.7}])
+def test_rope_scaling_the_runtime_cannot_run_is_refused(tmp_path, tiny_f32, dims, scaling):
+    write_eagle12(tmp_path / "head", **dims, config_extra={"rope_scaling": scaling})
+    with pytest.raises(ConversionError, match="rope_scaling"):
+        convert(tmp_path / "head", tiny_f32, tmp_path / "head.gguf")
+    assert not (tmp_path / "head.gguf").exists()

@@ -104,6 +104,21 @@ def test_head_forward_on_the_device_matches_the_reference(models, kind):
         np.testing.assert_allclose(got, want, rtol=0, atol=LOGIT_TOL * spread(want))
 
 
+def test_tied_output_matrix_keeps_the_head_on_the_device(models, tmp_path):
+    """A tied target (no output.weight: Llama-3.2-1B, Qwen3 small, SmolLM2) has its output matrix as
+    llama.cpp's copy of token_embd in the output layer's device buffer; the head must find that copy
+    (not the mmapped host one) and run there."""
+    tied = write_tiny_llama(tmp_path / "tied.gguf", TinySpec(n_layer=2, tied=True, seed=7))
+    write_eagle12(tmp_path / "ck", **target_dims(tied), embed=False)
+    head_path = str(convert(tmp_path / "ck", tied, tmp_path / "head.gguf"))
+    tgt = Target(str(tied), n_gpu_layers=ALL, n_ctx=256, n_threads=2)
+    head = DraftHead(head_path, tgt, n_ctx=64, n_batch=16)
+    assert head.device != "CPU", head.device
+    ref = EagleRef(tmp_path / "ck", tied)
+    for got, want in run_both(head, ref, tgt, False, np.random.default_rng(0)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=LOGIT_TOL * spread(want))
+
+
 def test_partly_offloaded_target_keeps_the_head_with_its_output_matrix(models):
     """One of the two layers offloaded: llama.cpp offloads from the top, so the output matrix is on
     the device and the first layers on the CPU; the head goes with the output matrix, and greedy

@@ -206,6 +206,10 @@ def test_errors_have_openai_shape(server):
         server.client(key="wrong").models.list()
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "x"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    for path, body in (("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+                       ("/v1/completions", b'{"prompt": "a\\ud800b"}')):  # a lone surrogate: not text
+        r = httpx.post(server.url + path, headers=h, content=body)
+        assert r.status_code == 400 and "not valid Unicode" in r.json()["error"]["message"], r.text
     r = httpx.get(server.url + "/v1/nothing", headers=h)
     assert r.status_code == 404 and "error" in r.json()
     # the model is fixed at start: a request's model name opens nothing

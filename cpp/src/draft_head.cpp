@@ -162,10 +162,19 @@ struct gguf_file {
 ggml_tensor * output_matrix(const target & tgt) {
     std::vector<ggml_tensor *> v = ext::model_tensors(tgt.model(), "output.weight");
     if (v.empty()) v = ext::model_tensors(tgt.model(), "token_embd.weight");
+    // rank: a GPU copy first, then a CPU copy outside plain host memory (repacked for the CPU's fast
+    // kernels), then any; a buffer type without a device (an mmapped file) is the CPU's
+    auto rank = [](const ggml_tensor * t) {
+        if (!t->buffer) return 3;
+        ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer));
+        if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) return 0;
+        return ggml_backend_buffer_is_host(t->buffer) ? 2 : 1;
+    };
+    ggml_tensor * best = nullptr;
     for (ggml_tensor * t : v) {
-        if (t->buffer && ggml_backend_buffer_get_type(t->buffer) != ggml_backend_cpu_buffer_type()) return t;
+        if (!best || rank(t) < rank(best)) best = t;
     }
-    return v.empty() ? nullptr : v.front();
+    return best;
 }
 
 ggml_tensor * host_embedding(const target & tgt) {
@@ -223,6 +232,15 @@ draft_head::draft_head(const std::string & path, const target & tgt, int32_t n_c
     graph_meta_.resize(ggml_tensor_overhead() * 1024 + ggml_graph_overhead_custom(1024, false));
     for (bool features : {true, false}) {
         ggml_cgraph * gf = build(n_batch_max_, n_ctx_, features);
+        // the head's graph runs on one backend, without the scheduler's fallback: refuse here what
+        // the device cannot run, rather than abort inside ggml at the first draft
+        for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
+            ggml_tensor * node = ggml_graph_node(gf, i);
+            if (!ggml_backend_supports_op(backend_.get(), node)) {
+                throw std::runtime_error(format("draft head %s: the %s backend cannot run %s (%s) of the head's graph",
+                    path_.c_str(), ggml_backend_name(backend_.get()), ggml_op_desc(node), ggml_get_name(node)));
+            }
+        }
         if (!ggml_gallocr_reserve(alloc_.get(), gf)) throw std::runtime_error("draft head: cannot allocate compute buffer");
     }
 }
