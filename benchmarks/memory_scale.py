@@ -65,7 +65,7 @@ from eagle_checkpoints import write_eagle3  # noqa: E402
 from tiny_gguf import add_tokenizer, vocab as tiny_vocab  # noqa: E402
 
 from pyeagle.bench import fmt, machine, table  # noqa: E402
-from pyeagle.convert import PlannedTensor, convert, llama3_rope_factors, write_gguf  # noqa: E402
+from pyeagle.convert import PlannedTensor, add_llama_shape, convert, llama3_rope_factors, write_gguf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 Q8_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", 32)])  # ggml's block_q8_0: 34 bytes for 32 weights
@@ -164,15 +164,8 @@ def write_target(path: Path, s: Shape, rope: bool) -> None:
     def metadata(w: gguf.GGUFWriter) -> None:
         w.add_name(path.stem)
         w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-        w.add_context_length(131072)
-        w.add_embedding_length(s.hidden)
-        w.add_block_count(s.n_layer)
-        w.add_feed_forward_length(s.ff)
-        w.add_head_count(s.n_head)
-        w.add_head_count_kv(s.n_head_kv)
-        w.add_rope_dimension_count(s.head_dim)
-        w.add_rope_freq_base(500000.0)
-        w.add_layer_norm_rms_eps(1e-5)
+        add_llama_shape(w, n_ctx=131072, n_embd=s.hidden, n_layer=s.n_layer, n_ff=s.ff, n_head=s.n_head,
+                        n_head_kv=s.n_head_kv, head_dim=s.head_dim, rope_theta=500000.0, eps=1e-5)
         add_tokenizer(w, tokens, scores, types)
 
     write_gguf(path, "llama", metadata, target_plan(s, rope, np.random.default_rng(0)), desc=path.name)

@@ -651,24 +651,32 @@ def plan(ckpt: Checkpoint, target: TargetInfo, outtype: str,
     return p, planned
 
 
+def add_llama_shape(w: gguf.GGUFWriter, *, n_ctx: int, n_embd: int, n_layer: int, n_ff: int, n_head: int,
+                    n_head_kv: int, head_dim: int, rope_theta: float, eps: float) -> None:
+    """A Llama-style model's shape keys, as llama.cpp names them (key/value length only when head_dim
+    is not n_embd / n_head)."""
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(eps)
+    w.add_rope_freq_base(rope_theta)
+    w.add_rope_dimension_count(head_dim)
+    if head_dim * n_head != n_embd:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+
+
 def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt: Checkpoint, outtype: str) -> None:
     arch = p.kind
     w.add_name(ckpt.dir.resolve().name)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
                      "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype])
-    w.add_context_length(p.n_ctx)
-    w.add_embedding_length(p.n_embd)
-    w.add_block_count(1)
-    w.add_feed_forward_length(p.n_ff)
-    w.add_head_count(p.n_head)
-    w.add_head_count_kv(p.n_head_kv)
-    w.add_layer_norm_rms_eps(p.eps)
-    w.add_rope_freq_base(p.rope_theta)
-    w.add_rope_dimension_count(p.head_dim)
-    if p.head_dim * p.n_head != p.n_embd:
-        w.add_key_length(p.head_dim)
-        w.add_value_length(p.head_dim)
+    add_llama_shape(w, n_ctx=p.n_ctx, n_embd=p.n_embd, n_layer=1, n_ff=p.n_ff, n_head=p.n_head,
+                    n_head_kv=p.n_head_kv, head_dim=p.head_dim, rope_theta=p.rope_theta, eps=p.eps)
     rs = p.rope_scaling or {}
     if rs.get("type") == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)

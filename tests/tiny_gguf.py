@@ -13,6 +13,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from pyeagle.convert import add_llama_shape
+
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -101,15 +103,8 @@ def write_tiny_llama(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
 
     w = gguf.GGUFWriter(str(path), spec.arch)
     w.add_name("pyeagle-tiny")
-    w.add_context_length(spec.n_ctx_train)
-    w.add_embedding_length(h)
-    w.add_block_count(spec.n_layer)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(spec.n_head)
-    w.add_head_count_kv(spec.n_head_kv)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
+    add_llama_shape(w, n_ctx=spec.n_ctx_train, n_embd=h, n_layer=spec.n_layer, n_ff=ff, n_head=spec.n_head,
+                    n_head_kv=spec.n_head_kv, head_dim=head_dim, rope_theta=10000.0, eps=1e-5)
     add_tokenizer(w, tokens, scores, types)
 
     def mat(rows: int, cols: int, scale: float) -> np.ndarray:

@@ -125,36 +125,33 @@ struct gguf_file {
     // Streams a tensor's data from the file into dst (same type and shape, on any backend): straight
     // into host memory, else through one bounded staging buffer. 64-bit offsets throughout.
     void read(const ggml_tensor * src, ggml_tensor * dst) {
-        const int64_t id = gguf_find_tensor(g, ggml_get_name(src));
-        const uint64_t offset = (uint64_t) gguf_get_data_offset(g) + (uint64_t) gguf_get_tensor_offset(g, id);
         const size_t n = ggml_nbytes(src);
+        if (ggml_backend_buffer_is_host(dst->buffer)) {
+            read_bytes(src, dst->data, 0, n);
+            return;
+        }
+        std::vector<uint8_t> chunk(std::min<size_t>(n, 16u << 20));
+        for (size_t done = 0; done < n; done += chunk.size()) {
+            const size_t m = std::min(chunk.size(), n - done);
+            read_bytes(src, chunk.data(), done, m);
+            ggml_backend_tensor_set(dst, chunk.data(), done, m);
+        }
+    }
+    // n bytes of a tensor's data from byte `from` on, into host memory.
+    void read_bytes(const ggml_tensor * src, void * out, size_t from, size_t n) {
+        const int64_t id = gguf_find_tensor(g, ggml_get_name(src));
+        const uint64_t offset = (uint64_t) gguf_get_data_offset(g) + (uint64_t) gguf_get_tensor_offset(g, id) + from;
         if (!fp) fp = fopen(path.c_str(), "rb");
         if (!fp) throw file_error(path, "cannot open for reading");
-        bool ok = seek(offset);
-        if (ggml_backend_buffer_is_host(dst->buffer)) {
-            ok = ok && fread(dst->data, 1, n, fp) == n;
-        } else {
-            std::vector<uint8_t> chunk(std::min<size_t>(n, 16u << 20));
-            for (size_t done = 0; ok && done < n; ) {
-                const size_t m = std::min(chunk.size(), n - done);
-                ok = fread(chunk.data(), 1, m, fp) == m;
-                if (ok) ggml_backend_tensor_set(dst, chunk.data(), done, m);
-                done += m;
-            }
-        }
+#ifdef _WIN32
+        const bool ok = _fseeki64(fp, (__int64) offset, SEEK_SET) == 0 && fread(out, 1, n, fp) == n;
+#else
+        const bool ok = fseeko(fp, (off_t) offset, SEEK_SET) == 0 && fread(out, 1, n, fp) == n;
+#endif
         if (!ok) throw file_error(path, std::string("short read of tensor ") + ggml_get_name(src));
     }
-    bool seek(uint64_t offset) const {
-#ifdef _WIN32
-        return _fseeki64(fp, (__int64) offset, SEEK_SET) == 0;
-#else
-        return fseeko(fp, (off_t) offset, SEEK_SET) == 0;
-#endif
-    }
-    FILE * fp = nullptr;  // opened by the first read()
+    FILE * fp = nullptr;  // opened by the first read
 };
-
-
 
 // Where a target tensor lives decides how the head may use it. A tied output matrix is
 // duplicated by llama.cpp into the output layer's buffer (GPU, or repacked for the CPU's fast
@@ -416,11 +413,7 @@ void draft_head::load(const target & tgt) {
 
     if (d2t && out) {
         std::vector<int64_t> v(n_vocab_d_);
-        const int64_t id = gguf_find_tensor(f.g, "d2t");
-        if (!f.fp) f.fp = fopen(path_.c_str(), "rb");
-        const bool ok = f.fp && f.seek((uint64_t) gguf_get_data_offset(f.g) + gguf_get_tensor_offset(f.g, id)) &&
-                        fread(v.data(), sizeof(int64_t), v.size(), f.fp) == v.size();
-        if (!ok) throw file_error(path_, "short read of d2t");
+        f.read_bytes(d2t, v.data(), 0, v.size() * sizeof(int64_t));
         for (int64_t t : v) {
             if (t < 0 || t >= tgt.n_vocab()) throw file_error(path_, format("d2t maps to token %lld outside the target vocabulary", (long long) t));
         }
