@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import socket
 import subprocess
 import sys
@@ -34,12 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def timed(chunks, text_of) -> tuple[float, float, int, str]:
-    """(seconds to the first text, seconds from then to the end, chunks with text, the text)."""
+def timed(chunks, text_of) -> tuple[float, float, int, str, float]:
+    """(seconds to the first text, seconds from then to the end, chunks with text, the text, the
+    engine's own decode tokens/s from the last chunk's pyeagle field)."""
     t0 = time.perf_counter()
     first = None
     parts = []
+    engine_tps = math.nan
     for ch in chunks:
+        if ch.get("pyeagle"):
+            engine_tps = ch["pyeagle"]["tokens_per_s"]
         piece = text_of(ch)
         if piece:
             if first is None:
@@ -47,7 +52,7 @@ def timed(chunks, text_of) -> tuple[float, float, int, str]:
             parts.append(piece)
     end = time.perf_counter()
     first = first or end
-    return first - t0, end - first, len(parts), "".join(parts)
+    return first - t0, end - first, len(parts), "".join(parts), engine_tps
 
 
 def raw_stream(http: httpx.Client, url: str, msgs: list, n: int):
@@ -70,58 +75,89 @@ def main() -> int:
     ap.add_argument("--client", choices=("openai", "raw"), default="openai",
                     help="openai: the official client (pydantic objects per chunk); raw: httpx reading the SSE "
                          "lines with json.loads, which separates the server's cost from the client's")
+    ap.add_argument("--also", metavar="ARGS",
+                    help="a second server with these extra arguments, in the same run, e.g. '--stream-interval 0'")
     args = ap.parse_args()
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "pyeagle.server", "--port", str(port), "-t", str(args.threads), "--log-level", "warning"]
-    srv = subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    arms = [("server", [])] + ([(f"server {args.also}", shlex.split(args.also))] if args.also else [])
+    servers = []
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
-        http = httpx.Client()  # one connection, kept alive, as the openai client keeps its own
+        for _, extra in arms:
+            port = free_port()
+            cmd = [sys.executable, "-m", "pyeagle.server", "--port", str(port), "-t", str(args.threads),
+                   "--log-level", "warning", *extra]
+            servers.append((subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"))
+        for _, url in servers:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
         eng = Engine(n_threads=args.threads)  # the embedded default and its head, as the server serves
         prompts = load_prompts(mtbench_file())[: args.limit]
-        # one warm-up each (the verify-cost calibration, first allocations), not measured
         warm = [{"role": "user", "content": "Hello"}]
-        list(eng.create_chat_completion(warm, max_tokens=8, temperature=0, stream=True))
-        list(client.chat.completions.create(model="x", messages=warm, max_tokens=8, temperature=0, stream=True))
 
-        rows, ttft_r, tps_r, same = [], [], [], 0
+        def api(msgs, n):
+            return eng.create_chat_completion(msgs, max_tokens=n, temperature=0, stream=True)
+
+        def via(url):  # streams a request through one server with the chosen client
+            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+            http = httpx.Client()  # one connection, kept alive, as the openai client keeps its own
+            if args.client == "openai":
+                return lambda msgs, n: ({"choices": [{"delta": {"content": c.choices[0].delta.content}}]
+                                         if c.choices else [], "pyeagle": (c.model_extra or {}).get("pyeagle")}
+                                        for c in client.chat.completions.create(model="x", messages=msgs,
+                                                                                max_tokens=n, temperature=0,
+                                                                                stream=True))
+            return lambda msgs, n: raw_stream(http, url, msgs, n)
+
+        runners = [api] + [via(url) for _, url in servers]
+        for run in runners:  # one warm-up each (the verify-cost calibration, first allocations), not measured
+            list(run(warm, 8))
+
+        text_of = lambda c: c["choices"][0]["delta"].get("content") if c["choices"] else None  # noqa: E731
+        order = list(range(len(runners)))
+        rows, ttft_r, tps_r, same = [], [[] for _ in arms], [[] for _ in arms], [0] * len(arms)
+        eng_r = [[] for _ in arms]  # the engines' own decode tok/s, server / API
         for p in prompts:
             msgs = [{"role": "user", "content": p.question}]
-            a = timed(eng.create_chat_completion(msgs, max_tokens=args.n, temperature=0, stream=True),
-                      lambda c: c["choices"][0]["delta"].get("content") if c["choices"] else None)
-            if args.client == "openai":
-                b = timed(client.chat.completions.create(model="x", messages=msgs, max_tokens=args.n, temperature=0,
-                                                         stream=True),
-                          lambda c: c.choices[0].delta.content if c.choices else None)
-            else:
-                b = timed(raw_stream(http, url, msgs, args.n), lambda c: c["choices"][0]["delta"].get("content")
-                          if c["choices"] else None)
-            n_a, n_b = len(eng.tokenize(a[3], add_special=False)), len(eng.tokenize(b[3], add_special=False))
-            tps_a, tps_b = n_a / max(a[1], 1e-9), n_b / max(b[1], 1e-9)
-            same += a[3] == b[3]
-            ttft_r.append(b[0] / a[0])
-            tps_r.append(tps_b / tps_a)
-            rows.append([p.id, p.category, f"{a[0] * 1000:.0f}", f"{b[0] * 1000:.0f}", f"{b[0] / a[0]:.2f}",
-                         f"{tps_a:.1f}", f"{tps_b:.1f}", f"{tps_b / tps_a:.2f}", "yes" if a[3] == b[3] else "no"])
+            res = [None] * len(runners)
+            for i in order:  # the arms take turns going first: no arm always follows another process's run
+                res[i] = timed(runners[i](msgs, args.n), text_of)
+            order = order[1:] + order[:1]
+            n_tok = [len(eng.tokenize(r[3], add_special=False)) for r in res]
+            tps = [n / max(r[1], 1e-9) for n, r in zip(n_tok, res)]
+            row = [p.id, p.category, f"{res[0][0] * 1000:.0f}", f"{tps[0]:.1f}"]
+            for k in range(len(arms)):
+                b = res[k + 1]
+                same[k] += b[3] == res[0][3]
+                ttft_r[k].append(b[0] / res[0][0])
+                tps_r[k].append(tps[k + 1] / tps[0])
+                eng_r[k].append(b[4] / res[0][4])
+                row += [f"{b[0] * 1000:.0f}", f"{b[0] / res[0][0]:.2f}", f"{tps[k + 1]:.1f}",
+                        f"{tps[k + 1] / tps[0]:.2f}", "yes" if b[3] == res[0][3] else "no"]
+            rows.append(row)
     finally:
-        srv.terminate()
-        srv.wait(10)
+        for srv, _ in servers:
+            srv.terminate()
+            srv.wait(10)
 
     m = machine()
+    also = f" --also '{args.also}'" if args.also else ""
     print(f"# pyeagle server overhead\n\n- command: `python benchmarks/server_overhead.py --limit {args.limit} -n {args.n} "
-          f"-t {args.threads} --client {args.client}`\n- machine: {m['cpu']}, {m['cores']} cores; default model and head, greedy, streamed\n")
-    print(table(["prompt", "category", "API ttft ms", "server ttft ms", "ttft ratio", "API tok/s", "server tok/s",
-                 "tok/s ratio", "same text"], rows))
-    print(f"\nGeometric mean over {len(rows)} prompts: time to first token server/API {gmean(ttft_r):.3f}, "
-          f"tokens/s server/API {gmean(tps_r):.3f}; same text on {same}/{len(rows)}.")
+          f"-t {args.threads} --client {args.client}{also}`\n- machine: {m['cpu']}, {m['cores']} cores; default model and "
+          "head, greedy, streamed\n")
+    head = ["prompt", "category", "API ttft ms", "API tok/s"]
+    for name, _ in arms:
+        head += [f"{name} ttft ms", "ttft ratio", f"{name} tok/s", "tok/s ratio", "same text"]
+    print(table(head, rows))
+    print()
+    for k, (name, _) in enumerate(arms):
+        print(f"- {name}: geometric mean over {len(rows)} prompts: time to first token server/API "
+              f"{gmean(ttft_r[k]):.3f}, tokens/s server/API {gmean(tps_r[k]):.3f} (the engines' own decode tokens/s: "
+              f"{gmean(eng_r[k]):.3f}); same text on {same[k]}/{len(rows)}.")
     return 0
 
 

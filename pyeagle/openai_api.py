@@ -221,6 +221,35 @@ def _chunk(p: Prepared, content: str | None, finish: str | None, role: bool = Fa
     return {"id": p.id, "object": "text_completion", "created": p.created, "model": p.model, "choices": [choice]}
 
 
+def text_of(chunk: Any) -> str | None:
+    """A streamed chunk's text when it carries only text (no role, no finish, no usage), else None."""
+    if not isinstance(chunk, dict) or len(chunk.get("choices") or ()) != 1 or "usage" in chunk or "pyeagle" in chunk:
+        return None
+    choice = chunk["choices"][0]
+    if choice["finish_reason"] is not None:
+        return None
+    if "delta" in choice:
+        return choice["delta"]["content"] if choice["delta"].keys() == {"content"} else None
+    return choice["text"]
+
+
+def merge_text_chunks(items: list) -> list:
+    """Consecutive text-only chunks of a stream as one chunk carrying their text in order (a
+    delta may hold any amount of text); other items as they are. Mutates the chunks it merges into."""
+    out: list = []
+    for item in items:
+        text = text_of(item)
+        if text is not None and out and text_of(out[-1]) is not None:
+            choice = out[-1]["choices"][0]
+            if "delta" in choice:
+                choice["delta"]["content"] += text
+            else:
+                choice["text"] += text
+        else:
+            out.append(item)
+    return out
+
+
 def stream_chunks(engine: "Engine", p: Prepared, cancelled: Callable[[], bool] | None = None) -> Iterator[dict]:
     """The streamed chunks of a prepared request (chat: a first chunk with the role; with
     include_usage a last chunk with the usage, and for chat no choices)."""

@@ -26,6 +26,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import queue
 import sys
 import threading
@@ -91,15 +92,45 @@ class CompletionRequest(_Request):
 # --- one engine, one worker thread, a FIFO queue
 
 class Job:
-    """One request in the queue: the worker runs it and hands each chunk to the request's event loop."""
+    """One request in the queue: the worker runs it and hands its items (chunks, the response, DONE
+    or an exception) to the request's event loop in batches. A streamed chunk waits up to
+    `interval` seconds after the previous batch so that fast rounds share one wake-up of the event
+    loop, one socket write, one chunk of text (openai_api.merge_text_chunks) and one of the
+    client's reads; the first chunk after a pause, and the end, go at once."""
 
-    def __init__(self, prepared: openai_api.Prepared, streamed: bool, loop: asyncio.AbstractEventLoop):
-        self.prepared, self.streamed, self.loop = prepared, streamed, loop
-        self.out: asyncio.Queue = asyncio.Queue()
+    def __init__(self, prepared: openai_api.Prepared, streamed: bool, loop: asyncio.AbstractEventLoop,
+                 interval: float = 0.0):
+        self.prepared, self.streamed, self.loop, self.interval = prepared, streamed, loop, interval
+        self.out: asyncio.Queue = asyncio.Queue()  # lists of items
         self.cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: list = []
+        self._armed = False
+        self._last = -math.inf  # when the last batch with text left (the loop's clock)
 
-    def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+    def put(self, item: Any, last: bool = False) -> None:
+        """From the worker thread; `last`: the end of the request's items, sent without waiting."""
+        with self._lock:
+            self._pending.append(item)
+            wake = last or not self._armed
+            self._armed = True
+        if wake:
+            self.loop.call_soon_threadsafe(self._flush if last else self._arm)
+
+    def _arm(self) -> None:  # on the loop
+        wait = self._last + self.interval - self.loop.time()
+        if wait > 0:
+            self.loop.call_later(wait, self._flush)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:  # on the loop
+        with self._lock:
+            items, self._pending, self._armed = self._pending, [], False
+        if items:
+            if any(openai_api.text_of(i) is not None for i in items):  # the role chunk does not hold back the first text
+                self._last = self.loop.time()
+            self.out.put_nowait(items)
 
 
 DONE = object()
@@ -137,7 +168,7 @@ class Worker:
                 break
             if job is not None:
                 job.cancelled.set()
-                job.put(DONE)
+                job.put(DONE, last=True)
         with self.lock:
             if self.current is not None:
                 self.current.cancelled.set()
@@ -153,7 +184,7 @@ class Worker:
             if job is None:
                 return
             if job.cancelled.is_set():
-                job.put(DONE)
+                job.put(DONE, last=True)
                 continue
             with self.lock:
                 self.current = job
@@ -164,10 +195,10 @@ class Worker:
                         job.put(chunk)
                 else:
                     job.put(openai_api.respond(self.engine, p, cancelled))
-                job.put(DONE)
+                job.put(DONE, last=True)
             except Exception as e:  # noqa: BLE001 - handed to the request, which answers with it
                 log.exception("generation failed")
-                job.put(e)
+                job.put(e, last=True)
             finally:
                 with self.lock:
                     self.current = None
@@ -181,7 +212,8 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 16, timeout: float = 600.0) -> FastAPI:
+def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 16, timeout: float = 600.0,
+               stream_interval: float = 0.05) -> FastAPI:
     worker = Worker(engine, max_queue)
 
     @contextlib.asynccontextmanager
@@ -246,55 +278,57 @@ def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 16, 
         return dict(temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
                     stream_options=req.stream_options, model=req.model)
 
+    def event(obj: Any) -> bytes:  # one server-sent event, as sse-starlette writes it
+        return f"data: {obj if isinstance(obj, str) else to_json(obj)}\r\n\r\n".encode()
+
     async def run(request: Request, p: openai_api.Prepared, streamed: bool):
-        job = Job(p, streamed, asyncio.get_running_loop())
+        job = Job(p, streamed, asyncio.get_running_loop(), stream_interval)
         worker.submit(job)
         deadline = time.monotonic() + timeout
-
-        async def next_item():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise asyncio.TimeoutError
-            return await asyncio.wait_for(job.out.get(), left)
 
         if streamed:
             async def events():
                 finished = False
                 try:
-                    while True:
+                    while not finished:
+                        left = deadline - time.monotonic()
                         try:
-                            item = await next_item()
+                            if left <= 0:
+                                raise asyncio.TimeoutError
+                            batch = await asyncio.wait_for(job.out.get(), left)
                         except asyncio.TimeoutError:
-                            yield {"data": to_json(error_body(f"request timed out after {timeout:g} s",
-                                                              "timeout", "timeout"))}
+                            yield event(error_body(f"request timed out after {timeout:g} s", "timeout", "timeout"))
                             break
-                        if item is DONE:
-                            finished = True
-                            break
-                        if isinstance(item, Exception):
-                            finished = True
-                            yield {"data": to_json(error_body(str(item), "server_error"))}
-                            break
-                        yield {"data": to_json(item)}
-                    yield {"data": "[DONE]"}
+                        out = []  # a batch's events go in one write, its text in one chunk
+                        for item in openai_api.merge_text_chunks(batch):
+                            if item is DONE or isinstance(item, Exception):
+                                finished = True
+                                if item is not DONE:
+                                    out.append(event(error_body(str(item), "server_error")))
+                                break
+                            out.append(event(item))
+                        if out:
+                            yield b"".join(out)
+                    yield event("[DONE]")
                 finally:  # the client went away (this task is cancelled), or the time ran out
                     if not finished:
                         worker.cancel(job)
 
             return EventSourceResponse(events(), ping=15, send_timeout=timeout)
 
-        while True:  # wait for the result, and notice a client that went away meanwhile
+        batch: list = []
+        while not batch:  # wait for the result, and notice a client that went away meanwhile
             left = deadline - time.monotonic()
             if left <= 0:
                 worker.cancel(job)
                 raise ApiError(504, f"request timed out after {timeout:g} s", "timeout", "timeout")
             try:
-                item = await asyncio.wait_for(job.out.get(), min(0.25, left))
-                break
+                batch = await asyncio.wait_for(job.out.get(), min(0.25, left))
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     worker.cancel(job)
                     return JSONResponse(error_body("client disconnected", "cancelled"), status_code=499)
+        item = batch[0]
         if isinstance(item, Exception):
             raise ApiError(500, f"generation failed: {item}", "server_error")
         if item is DONE or item is None:
@@ -336,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue", type=int, default=16, help="requests waiting at most; one more gets 503 (default 16)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, queued and running "
                                                                  "(default 600)")
+    ap.add_argument("--stream-interval", type=float, default=0.05,
+                    help="seconds streamed text may wait to share a chunk with the next rounds' (default 0.05; "
+                         "0: one write per round)")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_tree_args(ap)
     args = ap.parse_args(argv)
@@ -354,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("serving %s%s on http://%s:%d/v1", engine.model_name,
              f" with {engine.draft_path}" if engine.draft_path else " (no draft head)", args.host, args.port)
-    app = create_app(engine, api_key=args.api_key, max_queue=args.queue, timeout=args.timeout)
+    app = create_app(engine, api_key=args.api_key, max_queue=args.queue, timeout=args.timeout,
+                     stream_interval=args.stream_interval)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

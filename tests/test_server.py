@@ -23,6 +23,7 @@ from eagle_checkpoints import target_dims, write_eagle3  # noqa: E402
 from tiny_gguf import TinySpec, write_tiny_llama  # noqa: E402
 
 from pyeagle.convert import convert  # noqa: E402
+from pyeagle.openai_api import merge_text_chunks  # noqa: E402
 
 KEY = "test-key"
 QUESTIONS = ["what is the tree", "write a fast model", "one two three one two three", "how do you do"]
@@ -114,6 +115,47 @@ def test_chat_streamed_equals_non_streamed(server):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == r.choices[0].finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_merge_text_chunks_keeps_text_order_and_other_chunks():
+    def chat(delta, finish=None):
+        return {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def text(t, finish=None):
+        return {"id": "t", "object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": finish}]}
+
+    role, end, done = chat({"role": "assistant", "content": ""}), chat({}, "stop"), object()
+    end["pyeagle"] = {"tau": 1.0}
+    merged = merge_text_chunks([role, chat({"content": "a"}), chat({"content": "b"}), chat({"content": "c"}), end, done])
+    assert merged[0] is role and merged[2] is end and merged[3] is done and len(merged) == 4
+    assert merged[1]["choices"][0]["delta"] == {"content": "abc"}
+    usage = {"choices": [], "usage": {"completion_tokens": 3}}
+    merged = merge_text_chunks([text("x"), text("y"), text("", "length"), usage])
+    assert [m["choices"][0]["text"] for m in merged[:2]] == ["xy", ""] and merged[2] is usage
+    # a chunk after a non-text item starts a new one
+    assert len(merge_text_chunks([text("x"), done, text("y")])) == 3
+
+
+def test_streamed_rounds_share_chunks_and_the_text_is_whole(server):
+    """Rounds that finish within --stream-interval of the last chunk go out as one chunk, in one
+    write; the first text goes at once; the text is the non-streamed text."""
+    body = {"model": "x", "messages": [{"role": "user", "content": QUESTIONS[1]}], "max_tokens": 48,
+            "temperature": 0}
+    headers = {"authorization": f"Bearer {KEY}"}
+    whole = httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60).json()
+    events = []
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**body, "stream": True}, headers=headers,
+                      timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts = [c["choices"][0]["delta"]["content"] for c in chunks if c["choices"] and "content" in c["choices"][0]["delta"]
+             and "role" not in c["choices"][0]["delta"]]
+    assert "".join(texts) == whole["choices"][0]["message"]["content"]
+    n_rounds = whole["usage"]["completion_tokens"] / whole["pyeagle"]["tau"]
+    assert len(texts) < n_rounds  # the tiny model's rounds take well under the 50 ms interval
 
 
 def test_completions_text_and_token_prompts(server):
