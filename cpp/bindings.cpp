@@ -339,6 +339,7 @@ PYBIND11_MODULE(_core, m) {
                  for (const auto & r : e.trace()) out.append(py::make_tuple(r.n_past, names[(int) r.kind], r.token, r.parent));
                  return out;
              }, "[(n_past, kind, tree tokens, tree parents)] per round since set_trace(True)")
-        .def("set_broken_acceptance", &engine::set_broken_acceptance, py::arg("broken"),
-             "test hook: a deliberately wrong sampled acceptance rule (no residual)");
+        .def("set_broken_acceptance", &engine::set_broken_acceptance, py::arg("from_depth"),
+             "test hook: a deliberately wrong sampled acceptance rule (no residual) among drafts at depth >= "
+             "from_depth (True: 1, everywhere; 0: the correct rule)");
 }

@@ -29,7 +29,7 @@ accept_result accept_greedy(const draft_tree & t, const node_logits & logits, in
 }
 
 accept_result accept_sampled(const draft_tree & t, const node_logits & logits, int32_t n_vocab,
-                             const sampling_params & sp, std::mt19937_64 & rng, bool residual) {
+                             const sampling_params & sp, std::mt19937_64 & rng, int32_t broken_from_depth) {
     const auto ch = children_of(t);
     accept_result r;
     std::vector<float> p;
@@ -38,6 +38,8 @@ accept_result accept_sampled(const draft_tree & t, const node_logits & logits, i
     r.path.push_back(0);
     for (;;) {
         target_probs(logits(cur), n_vocab, sp, p);
+        const int32_t depth = (int32_t) r.path.size();  // of cur's children
+        const bool residual = broken_from_depth <= 0 || depth < broken_from_depth;
         double mass = 1.0;  // sum of p (renormalisation is implicit: compare against p(x) / mass)
         int32_t next = -1;
         for (int32_t c : ch[cur]) {

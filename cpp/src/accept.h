@@ -25,9 +25,10 @@ accept_result accept_greedy(const draft_tree & t, const node_logits & logits, in
 // current node with target distribution p, try the children best-first: accept child x with
 // probability p(x); on rejection set p(x) = 0 and renormalise. All rejected (or a leaf): the bonus
 // is drawn from the residual p. The output is distributed exactly as the target's.
-// residual = false is a deliberately wrong rule for tests (no residual: rejected drafts keep their
-// mass, the bonus is drawn from the full p): the sampling test must detect it.
+// broken_from_depth > 0 is a deliberately wrong rule for tests: among drafts at that depth and
+// deeper, no residual (rejected drafts keep their mass, the bonus is drawn from the full p). The
+// sampling tests must detect it, at depth 1 and deeper.
 accept_result accept_sampled(const draft_tree & t, const node_logits & logits, int32_t n_vocab,
-                             const sampling_params & sp, std::mt19937_64 & rng, bool residual = true);
+                             const sampling_params & sp, std::mt19937_64 & rng, int32_t broken_from_depth = 0);
 
 }  // namespace pyeagle

@@ -410,7 +410,7 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
                 t0 = clock_t_::now();
                 auto logits = [&](int32_t i) { return target_->logits(i); };
                 accept_result acc = sp.temperature <= 0 ? accept_greedy(tree, logits, target_->n_vocab())
-                                                        : accept_sampled(tree, logits, target_->n_vocab(), sp, rng, !broken_acceptance_);
+                                                        : accept_sampled(tree, logits, target_->n_vocab(), sp, rng, broken_from_depth_);
                 rs_->lookup.score(acc.path, rs_->acc, st);
                 count_head(tree, acc.path);
                 target_->commit(acc.path);

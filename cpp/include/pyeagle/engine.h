@@ -105,9 +105,10 @@ public:
     // test hook: replace the head's draft log-probs with an oracle's (e.g. the target itself)
     using draft_oracle = std::function<void(const std::vector<int32_t> & context, std::vector<std::pair<float, int32_t>> & out, int32_t k)>;
     void set_draft_oracle(draft_oracle o) { oracle_ = std::move(o); }
-    // test hook: a deliberately wrong acceptance rule (no residual), so that the sampling test
-    // can show it has the power to catch one
-    void set_broken_acceptance(bool broken) { broken_acceptance_ = broken; }
+    // test hook: a deliberately wrong acceptance rule (no residual) when choosing among drafts at
+    // depth >= from_depth (0: the correct rule), so that the sampling test can show it has the
+    // power to catch one, at the first level and deeper
+    void set_broken_acceptance(int32_t from_depth) { broken_from_depth_ = from_depth; }
 
     // test hooks: force the kinds of the coming rounds (cycled; empty: the policy decides), and
     // record each round's (n_past, kind, drafted tokens, their parents)
@@ -133,7 +134,7 @@ private:
     std::vector<float> features_;  // [target n_past, head n_feature]: target features of committed positions
     std::atomic<bool> cancel_{false};
     draft_oracle oracle_;
-    bool broken_acceptance_ = false;
+    int32_t broken_from_depth_ = 0;
     // measured by this engine and kept across generate() calls: what a round costs here, how
     // often each kind of draft is accepted, whether the head pays
     std::unique_ptr<round_state> rs_;  // cost_model, acceptance, head_gate, lookup_source (budget.h, lookup.h)
