@@ -43,25 +43,36 @@ PYBIND11_MODULE(_core, m) {
 
     static py::exception<file_error> exc_file(m, "ModelFileError", PyExc_ValueError);
     static py::exception<context_full> exc_ctx(m, "ContextFullError", PyExc_RuntimeError);
+    // Messages can quote bytes from a corrupt file: decode them as UTF-8 with replacement characters,
+    // never raise UnicodeDecodeError in place of the error itself.
     py::register_exception_translator([](std::exception_ptr p) {
+        auto raise = [](PyObject * type, const char * what) {
+            PyObject * msg = PyUnicode_DecodeUTF8(what, (Py_ssize_t) strlen(what), "replace");
+            PyErr_SetObject(type, msg);
+            Py_XDECREF(msg);
+        };
         try {
             if (p) std::rethrow_exception(p);
         } catch (const file_error & e) {
             if (e.missing) {
-                PyErr_SetObject(PyExc_FileNotFoundError,
-                                py::make_tuple(2, std::string(e.what()), e.path).ptr());
+                PyObject * msg = PyUnicode_DecodeUTF8(e.what(), (Py_ssize_t) strlen(e.what()), "replace");
+                PyObject * path = PyUnicode_DecodeFSDefault(e.path.c_str());
+                PyObject * args = Py_BuildValue("(iNN)", 2, msg, path);
+                PyErr_SetObject(PyExc_FileNotFoundError, args);
+                Py_XDECREF(args);
             } else {
-                py::set_error(exc_file, e.what());
+                raise(exc_file.ptr(), e.what());
             }
         } catch (const context_full & e) {
-            py::set_error(exc_ctx, e.what());
+            raise(exc_ctx.ptr(), e.what());
         } catch (const std::logic_error & e) {
             // invalid_argument / out_of_range are logic_errors too: bad input -> ValueError
-            if (dynamic_cast<const std::invalid_argument *>(&e) || dynamic_cast<const std::out_of_range *>(&e)) {
-                py::set_error(PyExc_ValueError, e.what());
-            } else {
-                py::set_error(PyExc_RuntimeError, e.what());
-            }
+            const bool bad_input = dynamic_cast<const std::invalid_argument *>(&e) || dynamic_cast<const std::out_of_range *>(&e);
+            raise(bad_input ? PyExc_ValueError : PyExc_RuntimeError, e.what());
+        } catch (const std::bad_alloc &) {
+            PyErr_SetString(PyExc_MemoryError, "out of memory");
+        } catch (const std::exception & e) {
+            raise(PyExc_RuntimeError, e.what());
         }
     });
 
@@ -103,7 +114,9 @@ PYBIND11_MODULE(_core, m) {
               return out;
           }, "ggml's devices in this build: [(name, description, cpu|gpu|igpu|accel)]; n_gpu_layers offloads to "
              "the gpu/igpu ones");
-    m.def("check_gguf_file", &check_gguf_file, py::arg("path"), py::call_guard<py::gil_scoped_release>());
+    m.def("check_gguf_file", &check_gguf_file, py::arg("path"), py::arg("llama_model") = false,
+          py::call_guard<py::gil_scoped_release>(),
+          "raises ModelFileError for a file llama.cpp or ggml would crash on (llama_model: as a target)");
 
     py::class_<target>(m, "Target")
         .def(py::init([](const std::string & path, int32_t n_ctx, int32_t n_threads, int32_t n_gpu_layers,

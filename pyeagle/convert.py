@@ -389,22 +389,44 @@ def detect_kind(config: dict, names: Sequence[str], shapes: dict[str, tuple[int,
     return "eagle"
 
 
+def _number(cfg: dict, key: str, default: float | int, lo: float, hi: float, source: Path, integer: bool = False):
+    """cfg[key] (default when absent or null), checked: a number (an integer if asked) in [lo, hi]."""
+    v = cfg.get(key)
+    if v is None:
+        return default
+    kind = int if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or not lo <= v <= hi:
+        raise ConversionError(f"{source}: {key} is {v!r}, expected {'an integer' if integer else 'a number'} "
+                              f"in [{lo:g}, {hi:g}]")
+    return v
+
+
 def _rope_scaling(config: dict, source: Path) -> dict | None:
     """The config's rope_scaling (HF spells its kind `rope_type` or `type`) as the runtime runs it;
     anything it cannot run is refused here, with the reason."""
     rs = config.get("rope_scaling")
     if not rs:
         return None
+    if not isinstance(rs, dict):
+        raise ConversionError(f"{source}: rope_scaling is {rs!r}, expected an object")
     kind = rs.get("rope_type", rs.get("type"))
     if kind in (None, "default"):
         return None
+    def num(key: str, default: float, lo: float = 1e-6, hi: float = 1e6) -> float:
+        return float(_number(rs, key, default, lo, hi, source))
+
     if kind == "linear":
-        return {"type": "linear", "factor": float(rs["factor"])}
+        if "factor" not in rs:
+            raise ConversionError(f"{source}: linear rope_scaling without a factor")
+        return {"type": "linear", "factor": num("factor", 1.0, 1.0, 1024.0)}
     if kind == "llama3":
-        return {"type": "llama3", "factor": float(rs.get("factor", 8.0)),
-                "low_freq_factor": float(rs.get("low_freq_factor", 1.0)),
-                "high_freq_factor": float(rs.get("high_freq_factor", 4.0)),
-                "original_max_position_embeddings": int(rs.get("original_max_position_embeddings", 8192))}
+        out = {"type": "llama3", "factor": num("factor", 8.0, 1.0, 1024.0),
+               "low_freq_factor": num("low_freq_factor", 1.0), "high_freq_factor": num("high_freq_factor", 4.0),
+               "original_max_position_embeddings": int(_number(rs, "original_max_position_embeddings", 8192, 1,
+                                                               2 ** 31 - 1, source, integer=True))}
+        if out["high_freq_factor"] <= out["low_freq_factor"]:
+            raise ConversionError(f"{source}: llama3 rope_scaling needs high_freq_factor > low_freq_factor")
+        return out
     if kind == "yarn":
         if rs.get("mscale") or rs.get("mscale_all_dim") or rs.get("truncate") is False:
             raise ConversionError(f"{source}: yarn rope_scaling with mscale / mscale_all_dim / truncate=false "
@@ -416,11 +438,13 @@ def _rope_scaling(config: dict, source: Path) -> dict | None:
         # ggml's yarn multiplies cos/sin by 1 + 0.1 ln(factor) itself (HF's default attention_factor);
         # an explicit attention_factor is passed as the ratio to that
         attn = rs.get("attention_factor")
-        return {"type": "yarn", "factor": factor,
-                "original_max_position_embeddings": int(rs.get("original_max_position_embeddings")
-                                                        or config.get("max_position_embeddings", 2048)),
-                "beta_fast": float(rs.get("beta_fast") or 32.0), "beta_slow": float(rs.get("beta_slow") or 1.0),
-                "attn_factor": 1.0 if attn is None else float(attn) / (1.0 + 0.1 * math.log(factor))}
+        n_orig = rs.get("original_max_position_embeddings") or config.get("max_position_embeddings") or 2048
+        n_orig = _number({"original_max_position_embeddings": n_orig}, "original_max_position_embeddings", 2048, 1,
+                         2 ** 31 - 1, source, integer=True)
+        return {"type": "yarn", "factor": factor, "original_max_position_embeddings": int(n_orig),
+                "beta_fast": num("beta_fast", 32.0) if rs.get("beta_fast") else 32.0,
+                "beta_slow": num("beta_slow", 1.0) if rs.get("beta_slow") else 1.0,
+                "attn_factor": 1.0 if attn is None else num("attention_factor", 1.0) / (1.0 + 0.1 * math.log(factor))}
     raise ConversionError(f"{source}: rope_scaling type {kind!r} is not supported (linear, llama3 and yarn are)")
 
 
@@ -447,10 +471,16 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
             raise ConversionError(f"{src}: {key} missing or not a positive integer")
         return v
 
+    def integer(key: str, default: int, lo: int = 1, hi: int = 2 ** 31 - 1) -> int:
+        return int(_number(cfg, key, default, lo, hi, src, integer=True))
+
     h, n_ff, n_head = need("hidden_size"), need("intermediate_size"), need("num_attention_heads")
-    n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
-    head_dim = int(cfg.get("head_dim") or h // n_head)
-    if n_head % n_head_kv or head_dim % 2:
+    if max(h, n_ff) > 1 << 20 or n_head > 1024:
+        raise ConversionError(f"{src}: sizes out of range: hidden_size {h}, intermediate_size {n_ff}, "
+                              f"num_attention_heads {n_head}")
+    n_head_kv = integer("num_key_value_heads", n_head, 1, n_head) if cfg.get("num_key_value_heads") else n_head
+    head_dim = integer("head_dim", h // n_head, 2, 1024) if cfg.get("head_dim") else h // n_head
+    if n_head % n_head_kv or head_dim % 2 or head_dim < 2:
         raise ConversionError(f"{src}: num_attention_heads {n_head} / num_key_value_heads {n_head_kv} / "
                               f"head_dim {head_dim} are not a valid grouped-query layout")
     if cfg.get("num_hidden_layers", 1) != 1:
@@ -464,7 +494,7 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
     if cfg.get("vocab_size") not in (None, V):
         raise ConversionError(f"{src}: head vocab_size {cfg['vocab_size']} != target vocabulary {V} "
                               f"({target.path.name}): the head belongs to another target")
-    h_t = int(cfg.get("target_hidden_size") or h) if kind == "eagle3" else h
+    h_t = (integer("target_hidden_size", h) if cfg.get("target_hidden_size") else h) if kind == "eagle3" else h
     if h_t != target.n_embd:
         what = "target_hidden_size" if kind == "eagle3" and cfg.get("target_hidden_size") else "hidden_size"
         raise ConversionError(f"{src}: head {what} {h_t} != target n_embd {target.n_embd} "
@@ -474,21 +504,24 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
                               "no embed_tokens of its own, so the target's embeddings cannot feed it")
 
     lm_head = ckpt.tensors.get(names.get("lm_head.weight", ""))
-    n_vocab_draft = int(cfg.get("draft_vocab_size") or (lm_head.shape[0] if lm_head is not None else V))
+    n_vocab_draft = (integer("draft_vocab_size", V, 1, V) if cfg.get("draft_vocab_size")
+                     else (lm_head.shape[0] if lm_head is not None else V))
 
     taps: list[int] = []
     if kind == "eagle3":
         N = target.n_layer
         taps = cfg.get("eagle_aux_hidden_state_layer_ids") or [2, N // 2, N - 3]
-        if len(taps) != 3 or not all(isinstance(t, int) and 0 <= t <= N for t in taps):
+        if not isinstance(taps, list) or len(taps) != 3 or \
+                not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= N for t in taps):
             raise ConversionError(f"{src}: EAGLE-3 tap layers {taps} do not fit the target's {N} layers "
                                   f"({target.path.name}); need 3 layer ids in 0..{N} "
                                   "(set eagle_aux_hidden_state_layer_ids)")
 
     return HeadParams(
         kind=kind, n_embd=h, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
-        eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        n_ctx=int(cfg.get("max_position_embeddings", 2048)), n_vocab=V, n_vocab_draft=n_vocab_draft,
+        eps=float(_number(cfg, "rms_norm_eps", 1e-6, 0.0, 0.5, src)),
+        rope_theta=float(_number(cfg, "rope_theta", 10000.0, 1e-3, 1e12, src)),
+        n_ctx=integer("max_position_embeddings", 2048), n_vocab=V, n_vocab_draft=n_vocab_draft,
         fc_bias=kind == "eagle" and bool(cfg.get("bias", True)),
         qkv_bias=kind == "eagle" and bool(cfg.get("qkv_bias", False)),
         rope_scaling=_rope_scaling(cfg, src), target_hidden=h_t, taps=taps,

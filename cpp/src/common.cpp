@@ -84,7 +84,7 @@ void log(log_level level, const char * fmt, ...) {
     sink(gl, buf, nullptr);
 }
 
-void check_gguf_file(const std::string & path) {
+void check_gguf_file(const std::string & path, bool llama_model) {
     struct stat st;
     if (stat(path.c_str(), &st) != 0) throw file_error(path, "no such file", true);
     if (!S_ISREG(st.st_mode)) throw file_error(path, "not a regular file");
@@ -96,9 +96,11 @@ void check_gguf_file(const std::string & path) {
     if (n != 4 || magic[0] != 'G' || magic[1] != 'G' || magic[2] != 'U' || magic[3] != 'F') {
         throw file_error(path, "not a GGUF file (bad magic)");
     }
-    gguf_init_params params = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
+    ggml_context * meta = nullptr;  // the tensors' shapes (no data)
+    gguf_init_params params = {/*no_alloc =*/ true, /*ctx =*/ llama_model ? &meta : nullptr};
     take_last_errors();
     gguf_context * g = gguf_init_from_file(path.c_str(), params);
+    struct meta_free { ggml_context * c; ~meta_free() { if (c) ggml_free(c); } } meta_guard{meta};
     if (!g) {
         const std::string why = take_last_errors();
         throw file_error(path, "corrupt or truncated GGUF" + (why.empty() ? std::string() : " (" + why + ")"));
@@ -120,6 +122,52 @@ void check_gguf_file(const std::string & path) {
                 gguf_free(g);
                 throw file_error(path, format("corrupt vocabulary: tokens %zu and %zu are the same string",
                                               it->second, i));
+            }
+        }
+    }
+    // llama.cpp's graph asserts eps >= 0 in every norm (GGML_ASSERT aborts the process): refuse a
+    // negative or NaN epsilon here
+    for (int64_t k = 0; k < gguf_get_n_kv(g); ++k) {
+        const std::string key = gguf_get_key(g, k);
+        auto ends_with = [&](const std::string & tail) {
+            return key.size() >= tail.size() && key.compare(key.size() - tail.size(), tail.size(), tail) == 0;
+        };
+        const bool eps = ends_with(".layer_norm_rms_epsilon") || ends_with(".layer_norm_epsilon");
+        if (eps && gguf_get_kv_type(g, k) == GGUF_TYPE_FLOAT32) {
+            const float v = gguf_get_val_f32(g, k);
+            if (!(v >= 0.0f && v < 1.0f)) {
+                gguf_free(g);
+                throw file_error(path, format("%s is %g, outside [0, 1)", key.c_str(), v));
+            }
+        }
+    }
+    if (llama_model) {
+        auto refuse = [&](const std::string & why) {
+            gguf_free(g);
+            throw file_error(path, why);
+        };
+        const int64_t arch_key = gguf_find_key(g, "general.architecture");
+        if (arch_key < 0 || gguf_get_kv_type(g, arch_key) != GGUF_TYPE_STRING) refuse("no general.architecture");
+        const std::string layers_key = std::string(gguf_get_val_str(g, arch_key)) + ".block_count";
+        const int64_t lk = gguf_find_key(g, layers_key.c_str());
+        if (lk >= 0) {
+            const gguf_type t = gguf_get_kv_type(g, lk);
+            const int64_t n = t == GGUF_TYPE_UINT32 ? (int64_t) gguf_get_val_u32(g, lk)
+                            : t == GGUF_TYPE_INT32 ? (int64_t) gguf_get_val_i32(g, lk) : -1;
+            if (n < 1 || n > 512) refuse(format("%s is not a layer count in [1, 512]", layers_key.c_str()));
+        }
+        for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+            const ggml_type type = gguf_get_tensor_type(g, i);
+            const std::string name = gguf_get_tensor_name(g, i);
+            if (type == GGML_TYPE_I8 || type == GGML_TYPE_I16 || type == GGML_TYPE_I32 || type == GGML_TYPE_I64 ||
+                type == GGML_TYPE_F64) {
+                refuse(format("tensor %s has type %s, not a weight type", name.c_str(), ggml_type_name(type)));
+            }
+            // vectors (norms, biases) enter element-wise ops, which take float types only
+            const ggml_tensor * t = meta ? ggml_get_tensor(meta, name.c_str()) : nullptr;
+            if (t && ggml_n_dims(t) == 1 && type != GGML_TYPE_F32 && type != GGML_TYPE_F16 && type != GGML_TYPE_BF16) {
+                refuse(format("tensor %s is a vector of type %s; vectors (norms, biases) must be f32, f16 or bf16",
+                              name.c_str(), ggml_type_name(type)));
             }
         }
     }

@@ -185,6 +185,7 @@ ggml_tensor * host_embedding(const target & tgt) {
 rope_params read_rope(const gguf_file & f, const std::string & a, int32_t n_ctx_train) {
     rope_params r;
     r.base = f.f32(a + "rope.freq_base", false, 10000.0f);
+    if (!(r.base > 0.0f && std::isfinite(r.base))) throw file_error(f.path, format("rope.freq_base %g is not positive", r.base));
     r.n_ctx_orig = n_ctx_train;
     const std::string type = f.str(a + "rope.scaling.type", false);
     if (type.empty() || type == "none") return r;
@@ -272,6 +273,9 @@ void draft_head::load(const target & tgt) {
     n_head_    = (int32_t) f.u32(a + "attention.head_count");
     n_head_kv_ = (int32_t) f.u32(a + "attention.head_count_kv", false, n_head_);
     eps_       = f.f32(a + "attention.layer_norm_rms_epsilon", false, 1e-5f);
+    if (!(eps_ >= 0.0f && eps_ < 1.0f)) {  // ggml asserts eps >= 0 (a NaN fails it) in the first draft
+        throw file_error(path_, format("attention.layer_norm_rms_epsilon %g outside [0, 1)", eps_));
+    }
     const int32_t n_ctx_train = (int32_t) f.u32(a + "context_length", false, 4096);
     if (n_embd_ <= 0 || n_head_ <= 0 || n_head_kv_ <= 0 || n_head_ % n_head_kv_ != 0 || n_ff_ <= 0 ||
         n_embd_ > 65536 || n_head_ > 1024 || n_ff_ > 1 << 20) {

@@ -44,7 +44,7 @@ target::target(const target_params & params) : params_(params) {
     if (params.n_seq_max < 1 || params.n_seq_max > 256) {  // LLAMA_MAX_SEQ (src/llama-cparams.h)
         throw std::invalid_argument(format("target: n_seq_max %d outside [1, 256]", params.n_seq_max));
     }
-    check_gguf_file(params.path);
+    check_gguf_file(params.path, true);
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;
