@@ -313,6 +313,7 @@ PYBIND11_MODULE(_core, m) {
                  return py::make_tuple(r.tokens, r.stop_reason, r.stats);
              }, py::arg("prompt"), py::arg("params"), py::arg("callback") = py::none())
         .def("cancel", &engine::cancel)
+        .def("clear_cancel", &engine::clear_cancel, "forget an earlier cancel(); call before starting generate()")
         .def("reset", &engine::reset, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("target", [](engine & e) -> target & { return e.tgt(); }, py::return_value_policy::reference_internal)
         .def_property_readonly("has_head", [](engine & e) { return e.head() != nullptr; })

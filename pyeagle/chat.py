@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             if not command(line, session, info):
                 return 0
             continue
+        turns = session.totals.turns
         try:
             with contextlib.closing(session.stream(line)) as pieces:
                 for piece in pieces:
@@ -251,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stdout.flush()
         except KeyboardInterrupt:
             print()
-            print("[interrupted: the reply is dropped]", file=info)
+            done = session.totals.turns > turns  # Ctrl-C just as the reply ended: it is complete, and kept
+            print("[interrupted: the reply was complete and is kept]" if done else
+                  "[interrupted: the reply is dropped]", file=info)
             continue
         except ContextFullError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -261,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         except TemplateError as e:
             print(f"\nerror: {e}", file=sys.stderr)
             return 1
-        print(flush=True)
-        out = session.last
-        if out.stop_reason == "context_full":
-            print(f"[context full: the reply stops at {out.stats.n_tokens} tokens]", file=sys.stderr)
-        print(stats_line(out, session.ttft), file=info, flush=True)
+        try:
+            print(flush=True)
+            out = session.last
+            if out.stop_reason == "context_full":
+                print(f"[context full: the reply stops at {out.stats.n_tokens} tokens]", file=sys.stderr)
+            print(stats_line(out, session.ttft), file=info, flush=True)
+        except KeyboardInterrupt:  # Ctrl-C after the reply: it is complete, and kept
+            print("\n[interrupted: the reply was complete and is kept]", file=info)
 
 
 if __name__ == "__main__":

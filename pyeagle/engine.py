@@ -184,6 +184,22 @@ class Engine:
         """Forgets the conversation held in the KV cache."""
         self._core.reset()
 
+    def _wait(self, done: threading.Event) -> None:
+        """Waits for the C++ loop to end, however many Ctrl-C arrive meanwhile (each cancels it
+        again), then re-raises the interrupt: the caller never moves on while the loop still runs
+        on its thread (the C++ engine refuses a second generation meanwhile). An Event, not
+        Thread.join(): in Python 3.11 a join interrupted by Ctrl-C can mark a running thread as
+        stopped (CPython gh-90882)."""
+        interrupted = None
+        while not done.is_set():
+            try:
+                done.wait()
+            except KeyboardInterrupt as e:
+                self._core.cancel()
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
+
     @staticmethod
     def _stream_kw(kw: dict) -> dict:
         names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft", *DEFAULT_TREE)
@@ -226,21 +242,25 @@ class Engine:
         gp.draft, gp.temperature, gp.top_p, gp.top_k = bool(draft), float(temperature), float(top_p), int(top_k)
         gp.seed, gp.max_tokens, gp.stop_tokens = int(seed), int(max_tokens), [int(t) for t in stop_token_ids]
 
+        done = threading.Event()
+
         def work():
             try:
                 state["result"] = self._core.generate(ids, gp, on_tokens)
             except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
                 state["error"] = e
             finally:
+                done.set()
                 pieces.put(None)
 
         # The C++ loop runs on a worker thread with the GIL released, so this thread can stream
         # pieces and take Ctrl-C: KeyboardInterrupt cancels the loop (within one round), waits
         # for it, and leaves the engine usable.
         with self._lock:
+            self._core.clear_cancel()  # a cancel() from here on stops this generation, even before it starts
             worker = threading.Thread(target=work, name="pyeagle-generate", daemon=True)
-            worker.start()
             try:
+                worker.start()
                 while True:
                     piece = pieces.get()
                     if piece is None:
@@ -248,9 +268,9 @@ class Engine:
                     yield piece
             except BaseException:
                 self._core.cancel()
-                worker.join()
                 raise
-            worker.join()
+            finally:
+                self._wait(done)
         if "error" in state:
             raise state["error"]
         tokens, reason, stats = state["result"]

@@ -277,3 +277,24 @@ def test_cancel_from_another_thread_leaves_the_engine_as_fresh(tiny_f32, random_
     fresh = Engine(str(tiny_f32), draft=str(random_heads["eagle3"]), **EXACT)
     for p in ("the tree of code", LONG[:120]):
         assert eng.generate(p, max_tokens=24, **fixed).tokens == fresh.generate(p, max_tokens=24, **fixed).tokens
+
+
+def test_the_engine_refuses_a_second_caller_while_it_generates(tiny_f32):
+    """llama.cpp's context is not thread-safe: while a generation runs on its worker thread, a
+    second generate() or a reset() on the core raises instead of corrupting it; the stream then
+    ends normally when closed, and the engine works on. A cancel() from before a call does not
+    cancel it."""
+    from pyeagle import _core
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    it = eng.stream(LONG, max_tokens=400)
+    next(it)  # the loop runs on its thread (waiting for this thread's GIL to hand over the next piece)
+    with pytest.raises(RuntimeError, match="busy"):
+        eng._core.reset()
+    gp = _core.GenParams()
+    gp.max_tokens = 2
+    with pytest.raises(RuntimeError, match="busy"):
+        eng._core.generate([1, 2, 3], gp, None)
+    it.close()
+    eng.cancel()  # nothing runs: the next call is not cancelled
+    out = eng.generate("the tree of code", max_tokens=6)
+    assert out.stop_reason == "max_tokens" and len(out.tokens) == 6

@@ -22,6 +22,21 @@ namespace pyeagle {
 
 namespace {
 using clock_t_ = std::chrono::steady_clock;
+
+// One caller at a time: llama.cpp's context is not thread-safe, and a second generation started
+// while the first still runs (a caller that stopped waiting for it) would corrupt it.
+class busy_guard {
+public:
+    busy_guard(std::atomic<bool> & busy, const char * what) : busy_(busy) {
+        if (busy_.exchange(true)) throw std::logic_error(format("%s: the engine is busy with a generation on another thread", what));
+    }
+    ~busy_guard() { busy_.store(false); }
+    busy_guard(const busy_guard &) = delete;
+    busy_guard & operator=(const busy_guard &) = delete;
+
+private:
+    std::atomic<bool> & busy_;
+};
 double since(clock_t_::time_point t0) { return std::chrono::duration<double>(clock_t_::now() - t0).count(); }
 constexpr int32_t lookup_n_chains = 4;  // most prompt-lookup chains in one tree
 
@@ -64,7 +79,13 @@ void engine::cancel() {
     target_->request_abort();
 }
 
+void engine::clear_cancel() {
+    cancel_.store(false);
+    target_->clear_abort();
+}
+
 void engine::reset() {
+    busy_guard guard(busy_, "reset");
     target_->clear();
     features_.clear();
     if (head_) head_->truncate(0);
@@ -290,6 +311,7 @@ void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
 std::vector<std::pair<int32_t, double>> engine::verify_curve() const { return rs_->cost.grid(); }
 
 gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_params & gp, const on_tokens & cb) {
+    busy_guard guard(busy_, "generate");
     if (prompt.empty()) throw std::invalid_argument("generate: empty prompt");
     if (gp.n_depth < 1 || gp.n_top_k < 1 || gp.n_top_k > 64 || gp.n_tree < 0 || gp.max_tokens < 0) {
         throw std::invalid_argument(format("generate: bad tree parameters (depth %d >= 1, top_k %d in [1, 64], "
@@ -301,10 +323,10 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
     }
     if (gp.n_lookup < 0) throw std::invalid_argument("generate: need n_lookup >= 0");
     const auto t_start = clock_t_::now();
-    cancel_.store(false);
+    // a cancel() from before this call (clear_cancel() on) is honoured; one from during it ends with it
+    struct on_exit { engine & e; ~on_exit() { e.clear_cancel(); } } clear_when_done{*this};
     rs_->lookup.clear_streak();
     n_forced_ = 0;
-    target_->clear_abort();
     const bool drafting = gp.draft && gp.n_tree > 0 && (gp.copy_only ? gp.n_lookup > 0 : head_ || oracle_);
     const int32_t nf = head_ ? head_->n_feature() : 0;
     target_->set_features(drafting && head_ && !oracle_ && !gp.copy_only);

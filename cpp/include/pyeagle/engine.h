@@ -98,6 +98,9 @@ public:
 
     gen_result generate(const std::vector<int32_t> & prompt, const gen_params & gp, const on_tokens & cb = nullptr);
     void cancel();  // from any thread: the running generate() stops within one round
+    // forget an earlier cancel(): a caller about to start generate() on another thread calls this
+    // first, so that a cancel() between it and the start of generate() is not lost
+    void clear_cancel();
     void reset();   // forget the conversation (KV)
 
     target & tgt() { return *target_; }
@@ -133,6 +136,7 @@ private:
     std::unique_ptr<draft_head> head_;
     std::vector<float> features_;  // [target n_past, head n_feature]: target features of committed positions
     std::atomic<bool> cancel_{false};
+    std::atomic<bool> busy_{false};  // generate() or reset() running: a second caller gets an error, not a corrupt context
     draft_oracle oracle_;
     int32_t broken_from_depth_ = 0;
     // measured by this engine and kept across generate() calls: what a round costs here, how
