@@ -6,7 +6,7 @@ in a pseudo-terminal, with context overflow, /reset, Ctrl-C and stop strings, re
 
 The API session is a `pyeagle.chat.ChatSession` (the CLI's own session class) on one Engine with a
 small context (-c), so the oldest exchanges are dropped again and again. Turn i (from 0):
-  i % 10 == 9   /reset (session.reset(): history and KV cleared)
+  i % 20 == 19  /reset (session.reset(): history and KV cleared)
   i % 7 == 3    interrupted: the reply's stream is closed after its first pieces, as Ctrl-C does in the CLI
   i % 5 == 1    a side request through Engine.create_chat_completion with stop strings (the reply must not
                 contain them), on the same engine, between the session's turns
@@ -102,7 +102,7 @@ def api_soak(args, log) -> tuple[list[dict], dict]:
     t0 = time.monotonic()
     for i, msg in enumerate(messages(args.turns)):
         kind = "turn"
-        if i % 10 == 9:
+        if i % 20 == 19:
             session.reset()
             kind = "reset"
         elif i % 7 == 3:
@@ -211,7 +211,7 @@ def cli_soak(args, log) -> tuple[list[dict], dict]:
     end_ctrl_c = (b"dropped]\r\n> ", b"kept]\r\n> ", end_reply)
     end_any = (end_reply, b"message skipped\r\n> ")
     p.read_until(b"Ctrl-D exits\r\n> ", 120)
-    rows, interrupted, late, replies = [], 0, 0, 0  # (a message too long for the context is skipped, as in the API)
+    rows, interrupted, late, replies, dropped = [], 0, 0, 0, 0  # (a message too long for the context is skipped, as in the API)
     t0 = time.monotonic()
     for i, msg in enumerate(messages(args.cli_turns)):
         kind = "turn"
@@ -222,11 +222,11 @@ def cli_soak(args, log) -> tuple[list[dict], dict]:
         else:
             if i % 7 == 3:
                 p.send(LONG + "\r")
-                p.read_until(LONG.encode()[-8:] + b"\r\n", 30)  # the terminal's echo of the message
+                p.read_until(LONG.encode()[-8:] + b"\r\n", 60)  # the terminal's echo of the message
                 # the reply's first bytes: the chat is past input() and generating (a Ctrl-C at the
                 # prompt would quit it, status 130)
                 while not p.buf:
-                    p.read_more(30)
+                    p.read_more(300)
                 if b" tok/s, tau " in p.buf:  # the whole reply came at once: too late for a Ctrl-C
                     p.read_until(end_reply, 120)
                     replies += 1
@@ -239,6 +239,7 @@ def cli_soak(args, log) -> tuple[list[dict], dict]:
             else:
                 p.send(msg + "\r")
                 out = p.read_until(end_any, 300)
+                dropped += b"context full: dropped" in out
                 if b" tok/s, tau " in out:
                     replies += 1
                 elif b"message too long" in out:
@@ -253,7 +254,7 @@ def cli_soak(args, log) -> tuple[list[dict], dict]:
             log(f"cli: {i + 1}/{args.cli_turns} turns, RSS {rows[-1]['rss_mib']:.0f} MiB")
     p.send("/exit\r")
     code = p.wait(60)
-    return rows, {"exit": code, "interrupted": interrupted, "late": late,
+    return rows, {"exit": code, "interrupted": interrupted, "late": late, "dropped": dropped,
                   "ctrl_c": sum(r["kind"] == "ctrl-c" for r in rows), "replies": replies}
 
 
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-md", "--model-draft", help="head GGUF (default: the shipped head of the default model)")
     ap.add_argument("--turns", type=int, default=220, help="API turns (default 220)")
     ap.add_argument("--cli-turns", type=int, default=60, help="CLI turns (default 60; 0: none)")
-    ap.add_argument("-c", "--ctx-size", type=int, default=1024, help="context: small, so that it overflows")
+    ap.add_argument("-c", "--ctx-size", type=int, default=768, help="context: small, so that it overflows (default 768)")
     ap.add_argument("-n", "--n-predict", type=int, default=96)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--exact", action="store_true", help="f32 KV, no flash attention: checked replies must be identical")
@@ -299,15 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     def log(m: str) -> None:
         print(f"soak: {m}", file=sys.stderr, flush=True)
 
-    failures = []
-    api, facts = api_soak(args, log)
-    cli, cfacts = (cli_soak(args, log) if args.cli_turns else ([], {}))
-    for rows, name in ((api, "api"), (cli, "cli")):
+    def save(rows: list[dict], name: str) -> None:
         if rows:
             with open(out / f"soak-{name}.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(rows[0]))
                 w.writeheader()
                 w.writerows(rows)
+
+    failures = []
+    api, facts = api_soak(args, log)
+    save(api, "api")  # kept if the CLI run fails
+    cli, cfacts = (cli_soak(args, log) if args.cli_turns else ([], {}))
+    save(cli, "cli")
     has_plot = plot(api, cli, out / "soak-rss.png")
 
     print(f"# pyeagle soak\n\n- command: `python benchmarks/soak.py {' '.join(argv or sys.argv[1:])}`\n")
@@ -322,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         failures += [] if ok else [f"{name}: RSS grew {100 * g:.1f}%"]
         print(f"| {name} | {len(rows)} | {rows[-1]['seconds']:.0f} | {base:.0f} | {top:.0f} | {100 * g:+.1f}% | "
               f"{'met' if ok else 'NOT met'} |")
+    if not facts["dropped"]:
+        failures.append("the API session never overflowed its context: use a smaller -c")
     checks = facts["checks"]
     same = sum(c["same"] for c in checks)
     gaps = [c["divergence"][1] for c in checks if c["divergence"]]
@@ -340,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if cli:
         print(f"- CLI: {len(cli)} turns, {cfacts['replies']} replies, {cfacts['ctrl_c']} Ctrl-C "
               f"({cfacts['interrupted']} reported the reply dropped, {cfacts['late']} came as the reply ended: "
-              f"kept), exit status {cfacts['exit']} on /exit.")
+              f"kept), {cfacts['dropped']} context overflows, exit status {cfacts['exit']} on /exit.")
         if cfacts["exit"] != 0:
             failures.append(f"the CLI exited with {cfacts['exit']}")
         if cfacts["interrupted"] + cfacts["late"] != cfacts["ctrl_c"] or not cfacts["interrupted"]:

@@ -62,9 +62,10 @@ BOUNDARY = [0, 1, 2, 3, 7, 8, 255, 256, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x8
 
 @dataclass
 class Seeds:
-    target: Path            # an intact target GGUF
-    head: Path              # an intact head GGUF for it
-    checkpoints: list[Path]  # intact head checkpoint directories for it
+    target: Path             # an intact target GGUF
+    head: Path               # an intact head GGUF for it
+    checkpoints: list[Path]  # intact head checkpoint directories for ck_target
+    ck_target: Path          # the target the checkpoints were made for
 
 
 def tiny_seeds(d: Path) -> Seeds:
@@ -91,7 +92,7 @@ def tiny_seeds(d: Path) -> Seeds:
     head = d / "head.gguf"
     if not head.exists():
         convert(cks[0], target, head, outtype="q8_0")
-    return Seeds(target, head, cks)
+    return Seeds(target, head, cks, target)
 
 
 def real_seeds(d: Path) -> Seeds:
@@ -99,7 +100,7 @@ def real_seeds(d: Path) -> Seeds:
     from pyeagle import models
 
     tiny = tiny_seeds(d / "tiny")
-    return Seeds(Path(models.default_target()), Path(models.default_head()), tiny.checkpoints)
+    return Seeds(Path(models.default_target()), Path(models.default_head()), tiny.checkpoints, tiny.target)
 
 
 # --- mutations -----------------------------------------------------------------------------------
@@ -254,8 +255,8 @@ def child(kind: str, work: Path, victim: Path, seeds: Seeds, result: Path) -> No
     stage = "load"
     try:
         if kind == "checkpoint":
-            head = convert(work, seeds.target, work.parent / "converted.gguf")
-            target = seeds.target
+            head = convert(work, seeds.ck_target, work.parent / "converted.gguf")
+            target = seeds.ck_target
         elif kind == "head":
             head, target = victim, seeds.target
         else:
