@@ -82,9 +82,16 @@ def tiny_seeds(d: Path) -> Seeds:
         write_tiny_llama(target, TinySpec(n_layer=2, weight_type="q8_0", tied=True))
     dims = target_dims(target)
     cks = []
+    try:
+        import torch  # noqa: F401 - writes the .bin seed; without it there is none
+        has_torch = True
+    except ImportError:
+        has_torch = False
     for name, writer, kw in (("eagle12-st", write_eagle12, dict(fmt="safetensors", draft_vocab=200)),
                              ("eagle12-bin", write_eagle12, dict(fmt="bin", dtype="bf16")),
                              ("eagle3-st", write_eagle3, dict(taps=[0, 1, 2], dtype="fp16"))):
+        if name.endswith("-bin") and not has_torch:
+            continue
         ck = d / name
         if not (ck / "config.json").exists():
             writer(ck, **dims, **kw)
