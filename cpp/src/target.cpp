@@ -277,14 +277,21 @@ void target::prefill(const llama_token * ids, int32_t n) {
     hidden_.resize((size_t) n_hidden_rows() * n_embd_);
     taps_.resize((size_t) n_rows_ * n_embd_ * params_.tap_layers.size());
     const int32_t n_past0 = n_past();
-    for (int32_t i0 = 0; i0 < n; i0 += n_batch_) {
-        const int32_t m = std::min(n_batch_, n - i0);
+    // When every token must be an output row (its post-norm hidden state is llama.cpp's embedding
+    // output), llama.cpp computes and stores a row of logits for each: its output buffer grows to
+    // the largest batch (512 x n_vocab floats: 100 MB at a 49k vocabulary, 262 MB at 128k). Chunks
+    // of prefill_rows (128) keep it at a quarter of that; on this project's CPU a 1084-token prompt
+    // prefilled within 2% of the time in 512-token chunks (docs/BENCHMARKS.md, "Prefill memory").
+    const bool all_rows = features_ && hidden_rows_;
+    const int32_t chunk = all_rows ? std::min(n_batch_, prefill_rows) : n_batch_;
+    for (int32_t i0 = 0; i0 < n; i0 += chunk) {
+        const int32_t m = std::min(chunk, n - i0);
         for (int32_t i = 0; i < m; ++i) {
             batch_->token[i]     = ids[i0 + i];
             batch_->pos[i]       = n_past() + i;
             batch_->n_seq_id[i]  = 1;
             batch_->seq_id[i][0] = 0;
-            batch_->logits[i]    = (features_ && hidden_rows_) || i0 + i == n - 1;
+            batch_->logits[i]    = all_rows || i0 + i == n - 1;
         }
         try {
             decode_batch(m, "prefill");

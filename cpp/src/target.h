@@ -101,6 +101,7 @@ public:
     // rows of hidden(): none when the features are layer-input taps only (EAGLE-3), which cost no
     // output row per token
     int32_t n_hidden_rows() const { return hidden_rows_ ? n_rows_ : 0; }
+    static constexpr int32_t prefill_rows = 128;  // prefill chunk when every token is an output row
     int32_t n_logits() const { return n_logits_; }  // logits rows of the last verify (0 after prefill)
 
     // Makes a running llama_decode return early (cancel from another thread).
