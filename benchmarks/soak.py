@@ -124,7 +124,7 @@ def api_soak(args, log) -> tuple[list[dict], dict]:
                 text = r["choices"][0]["message"]["content"]
                 if any(s in text for s in args.stop):
                     raise SystemExit(f"turn {i}: a stop string in the reply: {text!r}")
-                stops += r["choices"][0]["finish_reason"] == "stop"
+                stops += r["pyeagle"]["stop_reason"] == "stop_string"
                 kind = "stop-strings"
         else:
             try:
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = facts["checks"]
     same = sum(c["same"] for c in checks)
     gaps = [c["divergence"][1] for c in checks if c["divergence"]]
-    ties = all(g <= args.tie_tol for g in gaps)
+    # a reply that differs but has no differing token is a prefix of the other: not a near-tie
+    ties = all(g <= args.tie_tol for g in gaps) and all(c["same"] or c["divergence"] for c in checks)
     print(f"\n- API: {len(api)} turns, {sum(r['kind'] == 'reset' for r in api)} resets, "
           f"{sum(r['kind'] == 'interrupted' for r in api)} interrupted replies, "
           f"{sum(r['kind'] == 'stop-strings' for r in api)} stop-string requests ({facts['stops']} cut at one), "

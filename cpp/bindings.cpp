@@ -69,9 +69,13 @@ PYBIND11_MODULE(_core, m) {
             // invalid_argument / out_of_range are logic_errors too: bad input -> ValueError
             const bool bad_input = dynamic_cast<const std::invalid_argument *>(&e) || dynamic_cast<const std::out_of_range *>(&e);
             raise(bad_input ? PyExc_ValueError : PyExc_RuntimeError, e.what());
-        } catch (const std::bad_alloc &) {
-            PyErr_SetString(PyExc_MemoryError, "out of memory");
-        } catch (const std::exception & e) {
+        } catch (const py::builtin_exception &) {
+            throw;  // pybind11's own (stop_iteration, value_error, ...): its translator maps them
+        } catch (const std::range_error &) {
+            throw;  // -> ValueError, pybind11's mapping
+        } catch (const std::overflow_error &) {
+            throw;  // -> OverflowError
+        } catch (const std::runtime_error & e) {
             raise(PyExc_RuntimeError, e.what());
         }
     });

@@ -395,7 +395,8 @@ def _number(cfg: dict, key: str, default: float | int, lo: float, hi: float, sou
     if v is None:
         return default
     kind = int if integer else (int, float)
-    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or not lo <= v <= hi:
+    if isinstance(v, bool) or not isinstance(v, kind) or (isinstance(v, float) and not math.isfinite(v)) \
+            or not lo <= v <= hi:
         raise ConversionError(f"{source}: {key} is {v!r}, expected {'an integer' if integer else 'a number'} "
                               f"in [{lo:g}, {hi:g}]")
     return v

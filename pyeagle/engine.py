@@ -184,7 +184,7 @@ class Engine:
         """Forgets the conversation held in the KV cache."""
         self._core.reset()
 
-    def _wait(self, done: threading.Event) -> None:
+    def _wait(self, done: threading.Event, worker: threading.Thread) -> None:
         """Waits for the C++ loop to end, however many Ctrl-C arrive meanwhile (each cancels it
         again), then re-raises the interrupt: the caller never moves on while the loop still runs
         on its thread (the C++ engine refuses a second generation meanwhile). An Event, not
@@ -193,7 +193,8 @@ class Engine:
         interrupted = None
         while not done.is_set():
             try:
-                done.wait()
+                if not done.wait(0.5) and worker.ident is None:
+                    break  # start() failed (or was interrupted) before the thread existed: nothing runs
             except KeyboardInterrupt as e:
                 self._core.cancel()
                 interrupted = e
@@ -270,7 +271,7 @@ class Engine:
                 self._core.cancel()
                 raise
             finally:
-                self._wait(done)
+                self._wait(done, worker)
         if "error" in state:
             raise state["error"]
         tokens, reason, stats = state["result"]

@@ -163,10 +163,11 @@ void check_gguf_file(const std::string & path, bool llama_model) {
                 type == GGML_TYPE_F64) {
                 refuse(format("tensor %s has type %s, not a weight type", name.c_str(), ggml_type_name(type)));
             }
-            // vectors (norms, biases) enter element-wise ops, which take float types only
+            // vectors (norms, biases) enter element-wise ops, which on ggml's CPU take an f32 second
+            // operand only (f16 aborts too); llama.cpp's converters always write them f32
             const ggml_tensor * t = meta ? ggml_get_tensor(meta, name.c_str()) : nullptr;
-            if (t && ggml_n_dims(t) == 1 && type != GGML_TYPE_F32 && type != GGML_TYPE_F16 && type != GGML_TYPE_BF16) {
-                refuse(format("tensor %s is a vector of type %s; vectors (norms, biases) must be f32, f16 or bf16",
+            if (t && ggml_n_dims(t) == 1 && type != GGML_TYPE_F32) {
+                refuse(format("tensor %s is a vector of type %s; vectors (norms, biases) must be f32",
                               name.c_str(), ggml_type_name(type)));
             }
         }

@@ -38,7 +38,7 @@ void log(log_level level, const char * fmt, ...) __attribute__((format(printf, 2
 // Throws file_error when path does not exist or is not a readable GGUF file (magic, version,
 // header, every tensor's data inside the file). Parses the header only, reads no tensor data.
 // llama_model: also what llama.cpp's loader and graph would abort on (GGML_ASSERT) rather than
-// report, for a target: a layer count outside [1, 512], integer or f64 weights, quantized vectors.
+// report, for a target: a layer count outside [1, 512], integer or f64 weights, vectors that are not f32.
 void check_gguf_file(const std::string & path, bool llama_model = false);
 
 }  // namespace pyeagle

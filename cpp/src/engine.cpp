@@ -74,12 +74,17 @@ engine::engine(const engine_params & params) : params_(params), rs_(std::make_un
 
 engine::~engine() = default;
 
+// Both flags change together (cancel_ for the round loop, the target's abort flag for a running
+// llama_decode): a cancel() racing a clear_cancel() leaves both set or both clear, never an abort
+// that the loop does not know is a cancel.
 void engine::cancel() {
+    std::lock_guard<std::mutex> lock(cancel_mutex_);
     cancel_.store(true);
     target_->request_abort();
 }
 
 void engine::clear_cancel() {
+    std::lock_guard<std::mutex> lock(cancel_mutex_);
     cancel_.store(false);
     target_->clear_abort();
 }

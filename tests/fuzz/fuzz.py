@@ -252,7 +252,7 @@ def names_file(message: str, path: Path) -> bool:
     return str(path) in message or path.name in message
 
 
-def child(kind: str, work: Path, victim: Path, seeds: Seeds, result: Path) -> None:
+def child(kind: str, work: Path, victim: Path, seeds: Seeds, result: Path, with_head: bool) -> None:
     """Runs in the forked process: load (convert) and generate; writes the outcome to `result`."""
     import pyeagle
     from pyeagle.convert import ConversionError, convert
@@ -267,7 +267,7 @@ def child(kind: str, work: Path, victim: Path, seeds: Seeds, result: Path) -> No
         elif kind == "head":
             head, target = victim, seeds.target
         else:
-            head, target = (seeds.head if random.Random(str(victim)).random() < 0.5 else None), victim
+            head, target = (seeds.head if with_head else None), victim
         eng = pyeagle.Engine(str(target), draft=str(head) if head else None, n_ctx=256, n_threads=1)
         stage = "generate"
         res = eng.generate(PROMPT, max_tokens=4, n_tree=4, n_depth=2, n_top_k=2, adaptive=False)
@@ -292,10 +292,11 @@ class Case:
     kind: str
     index: int
     seed: int
+    seeds: str = "tiny"  # tiny | real
 
     @property
     def id(self) -> str:
-        return f"{self.kind}-{self.seed}-{self.index}"
+        return f"{self.seeds}-{self.kind}-{self.seed}-{self.index}"
 
 
 class Runner:
@@ -355,7 +356,9 @@ class Runner:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1)
                 os.dup2(devnull, 2)
-                child(case.kind, work, victim, self.seeds, result)
+                # a target case loads the intact head with it half the time (the pairing checks)
+                with_head = random.Random(case.id + "/head").random() < 0.5
+                child(case.kind, work, victim, self.seeds, result, with_head)
             except BaseException:  # noqa: BLE001
                 code = 3
             finally:
@@ -465,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(kinds) - set(KINDS):
         ap.error(f"--kinds: choose from {', '.join(KINDS)}")
     n_of = {k: args.n or per_kind[k] for k in kinds}
-    cases = [Case(k, i, args.seed) for k in kinds for i in range(n_of[k])]
+    cases = [Case(k, i, args.seed, "real" if args.real else "tiny") for k in kinds for i in range(n_of[k])]
     cases.sort(key=lambda c: (c.index / n_of[c.kind], c.kind))  # kinds interleaved: a stopped run has some of each
 
     import pyeagle  # noqa: F401 - imported once here; each case's process is forked from this one

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <mutex>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -136,6 +137,7 @@ private:
     std::unique_ptr<draft_head> head_;
     std::vector<float> features_;  // [target n_past, head n_feature]: target features of committed positions
     std::atomic<bool> cancel_{false};
+    std::mutex cancel_mutex_;  // cancel() / clear_cancel(): cancel_ and the target's abort flag together
     std::atomic<bool> busy_{false};  // generate() or reset() running: a second caller gets an error, not a corrupt context
     draft_oracle oracle_;
     int32_t broken_from_depth_ = 0;
