@@ -9,13 +9,12 @@ and each one's seconds (the first includes one-off allocations). The chunk a fea
 is cut into is `target::prefill_rows` (cpp/src/target.h); docs/BENCHMARKS.md compares values of it.
 """
 import sys
+from pathlib import Path
 
 from pyeagle import Engine
 
-
-def rss() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS")) / 1024
+sys.path.insert(0, str(Path(__file__).parent))
+from soak import rss_mib as rss  # noqa: E402
 
 
 def main() -> None:

@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import subprocess
 import sys
-import tempfile
-import time
 
 import httpx
 import openai
@@ -27,7 +23,7 @@ from pyeagle import Engine
 from pyeagle.bench import load_prompts, mtbench_file
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from server_overhead import free_port, gmean  # noqa: E402
+from server_overhead import gmean, start_server, wait_up  # noqa: E402
 
 
 def main() -> int:
@@ -37,18 +33,9 @@ def main() -> int:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("server_args", nargs="*", help="extra arguments for the server (after --)")
     args = ap.parse_args()
-    port = free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "pyeagle.server", "--port", str(port), "-t", str(args.threads),
-                            "--log-level", "warning", *args.server_args], cwd=tempfile.gettempdir(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    srv, url = start_server(args.threads, args.server_args)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_up(url)
         eng = Engine(n_threads=args.threads)
         http = httpx.Client()
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)

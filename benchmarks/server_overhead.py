@@ -35,6 +35,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """python -m pyeagle.server (the embedded default) on a free loopback port: (process, base URL)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "pyeagle.server", "--port", str(port), "-t", str(threads), "--log-level", "warning",
+           *extra]
+    # not from the repository root: there `-m pyeagle.server` would import the uncompiled tree
+    srv = subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return srv, f"http://127.0.0.1:{port}"
+
+
+def wait_up(url: str, seconds: float = 60) -> None:
+    """Until the server answers /health (it loads the model first)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url}: the server did not come up in {seconds:.0f} s")
+
+
 def timed(chunks, text_of) -> tuple[float, float, int, str, float]:
     """(seconds to the first text, seconds from then to the end, chunks with text, the text, the
     engine's own decode tokens/s from the last chunk's pyeagle field)."""
@@ -83,18 +105,9 @@ def main() -> int:
     servers = []
     try:
         for _, extra in arms:
-            port = free_port()
-            cmd = [sys.executable, "-m", "pyeagle.server", "--port", str(port), "-t", str(args.threads),
-                   "--log-level", "warning", *extra]
-            servers.append((subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"))
+            servers.append(start_server(args.threads, extra))
         for _, url in servers:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            wait_up(url)
         eng = Engine(n_threads=args.threads)  # the embedded default and its head, as the server serves
         prompts = load_prompts(mtbench_file())[: args.limit]
         warm = [{"role": "user", "content": "Hello"}]

@@ -40,7 +40,6 @@ from pyeagle import ContextFullError, Engine
 from pyeagle.bench import load_prompts, mtbench_file
 from pyeagle.chat import ChatSession
 from pyeagle.openai_api import ContextLengthError
-from pyeagle.template import ChatTemplate
 
 SHORT = ["Go on.", "Say that again in one sentence.", "Why?", "Give me an example.", "Thanks! What else?"]
 LONG = "Write a long story about a robot who learns to paint, with many details."  # for the interrupted turns
@@ -95,7 +94,7 @@ def api_soak(args, log) -> tuple[list[dict], dict]:
     draft = "default" if args.model_draft is None and not args.model else args.model_draft
     eng = Engine(args.model, draft=draft, **kw)
     fresh = Engine(args.model, draft=draft, **kw)  # the reference: reset before every check
-    session = ChatSession(eng, ChatTemplate.from_target(eng.target), n_predict=args.n_predict)
+    session = ChatSession(eng, eng.chat_template, n_predict=args.n_predict)
     dropped = Dropped()
     logging.getLogger("pyeagle.chat").addHandler(dropped)
     rows, checks, stops = [], [], 0

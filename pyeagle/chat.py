@@ -250,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                 for piece in pieces:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
+            print(flush=True)
+            out = session.last
+            if out.stop_reason == "context_full":
+                print(f"[context full: the reply stops at {out.stats.n_tokens} tokens]", file=sys.stderr)
+            print(stats_line(out, session.ttft), file=info, flush=True)
         except KeyboardInterrupt:
             print()
-            done = session.totals.turns > turns  # Ctrl-C just as the reply ended: it is complete, and kept
+            done = session.totals.turns > turns  # Ctrl-C as the reply ended (or during its stats): kept
             print("[interrupted: the reply was complete and is kept]" if done else
                   "[interrupted: the reply is dropped]", file=info)
             continue
@@ -264,14 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         except TemplateError as e:
             print(f"\nerror: {e}", file=sys.stderr)
             return 1
-        try:
-            print(flush=True)
-            out = session.last
-            if out.stop_reason == "context_full":
-                print(f"[context full: the reply stops at {out.stats.n_tokens} tokens]", file=sys.stderr)
-            print(stats_line(out, session.ttft), file=info, flush=True)
-        except KeyboardInterrupt:  # Ctrl-C after the reply: it is complete, and kept
-            print("\n[interrupted: the reply was complete and is kept]", file=info)
 
 
 if __name__ == "__main__":

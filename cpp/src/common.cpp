@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <atomic>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -100,7 +101,8 @@ void check_gguf_file(const std::string & path, bool llama_model) {
     gguf_init_params params = {/*no_alloc =*/ true, /*ctx =*/ llama_model ? &meta : nullptr};
     take_last_errors();
     gguf_context * g = gguf_init_from_file(path.c_str(), params);
-    struct meta_free { ggml_context * c; ~meta_free() { if (c) ggml_free(c); } } meta_guard{meta};
+    const std::unique_ptr<gguf_context, decltype(&gguf_free)> g_guard(g, gguf_free);   // freed on every
+    const std::unique_ptr<ggml_context, decltype(&ggml_free)> meta_guard(meta, ggml_free);  // way out
     if (!g) {
         const std::string why = take_last_errors();
         throw file_error(path, "corrupt or truncated GGUF" + (why.empty() ? std::string() : " (" + why + ")"));
@@ -119,7 +121,6 @@ void check_gguf_file(const std::string & path, bool llama_model) {
             if (word.empty()) word = "[EMPTY_" + std::to_string(i) + "]";
             const auto [it, fresh] = seen.emplace(std::move(word), i);
             if (!fresh) {
-                gguf_free(g);
                 throw file_error(path, format("corrupt vocabulary: tokens %zu and %zu are the same string",
                                               it->second, i));
             }
@@ -135,17 +136,11 @@ void check_gguf_file(const std::string & path, bool llama_model) {
         const bool eps = ends_with(".layer_norm_rms_epsilon") || ends_with(".layer_norm_epsilon");
         if (eps && gguf_get_kv_type(g, k) == GGUF_TYPE_FLOAT32) {
             const float v = gguf_get_val_f32(g, k);
-            if (!(v >= 0.0f && v < 1.0f)) {
-                gguf_free(g);
-                throw file_error(path, format("%s is %g, outside [0, 1)", key.c_str(), v));
-            }
+            if (!(v >= 0.0f && v < 1.0f)) throw file_error(path, format("%s is %g, outside [0, 1)", key.c_str(), v));
         }
     }
     if (llama_model) {
-        auto refuse = [&](const std::string & why) {
-            gguf_free(g);
-            throw file_error(path, why);
-        };
+        auto refuse = [&](const std::string & why) { throw file_error(path, why); };
         const int64_t arch_key = gguf_find_key(g, "general.architecture");
         if (arch_key < 0 || gguf_get_kv_type(g, arch_key) != GGUF_TYPE_STRING) refuse("no general.architecture");
         const std::string layers_key = std::string(gguf_get_val_str(g, arch_key)) + ".block_count";
@@ -179,7 +174,6 @@ void check_gguf_file(const std::string & path, bool llama_model) {
         const size_t end = data_end + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i);
         if (end > max_end) max_end = end;
     }
-    gguf_free(g);
     if (max_end > (size_t) st.st_size) {
         throw file_error(path, format("truncated GGUF: tensor data ends at byte %zu, file has %lld bytes",
                                       max_end, (long long) st.st_size));

@@ -273,9 +273,7 @@ void draft_head::load(const target & tgt) {
     n_head_    = (int32_t) f.u32(a + "attention.head_count");
     n_head_kv_ = (int32_t) f.u32(a + "attention.head_count_kv", false, n_head_);
     eps_       = f.f32(a + "attention.layer_norm_rms_epsilon", false, 1e-5f);
-    if (!(eps_ >= 0.0f && eps_ < 1.0f)) {  // ggml asserts eps >= 0 (a NaN fails it) in the first draft
-        throw file_error(path_, format("attention.layer_norm_rms_epsilon %g outside [0, 1)", eps_));
-    }
+    // (its range, [0, 1), is checked for every GGUF by check_gguf_file: ggml asserts eps >= 0)
     const int32_t n_ctx_train = (int32_t) f.u32(a + "context_length", false, 4096);
     if (n_embd_ <= 0 || n_head_ <= 0 || n_head_kv_ <= 0 || n_head_ % n_head_kv_ != 0 || n_ff_ <= 0 ||
         n_embd_ > 65536 || n_head_ > 1024 || n_ff_ > 1 << 20) {

@@ -276,9 +276,8 @@ def child(kind: str, work: Path, victim: Path, seeds: Seeds, result: Path, with_
             out["outcome"] = "no-tokens"
     except typed as e:
         msg = str(e)
-        ok = stage == "load" and names_file(msg, victim if kind != "checkpoint" else work)
-        if kind == "checkpoint" and not ok:  # a conversion that refuses one file of the directory
-            ok = stage == "load" and names_file(msg, victim)
+        # a checkpoint's refusal may name its directory or the one file of it that is wrong
+        ok = stage == "load" and any(names_file(msg, p) for p in (work, victim))
         out = {"outcome": "refused" if ok else ("untyped" if stage == "load" else "no-tokens"),
                "error": f"{type(e).__name__}: {msg[:400]}", "stage": stage}
     except BaseException as e:  # noqa: BLE001 - everything else is a finding
