@@ -241,6 +241,9 @@ def test_tokens_two_to_four_over_several_rounds_follow_the_target(broad, tempera
     p = chi_square_p(samples, exact)
     # the test reaches what it claims (4000 samples; measured: 67-91% / 21-56% / 21-32%): second
     # rounds, accepted depth-2 drafts, verified drafts only prompt lookup proposed
+    print(f"two or more rounds {sum(s.n_passes >= 2 for s in st) / N:.0%}, accepted depth-2 draft "
+          f"{sum(len(s.accepted_hist) > 2 and s.accepted_hist[2] > 0 for s in st) / N:.0%}, lookup-only drafts "
+          f"verified {sum(s.n_lookup_drafted > 0 for s in st) / N:.0%}")
     assert sum(s.n_passes >= 2 for s in st) > N // 2
     assert sum(len(s.accepted_hist) > 2 and s.accepted_hist[2] > 0 for s in st) > N // 8
     assert sum(s.n_lookup_drafted > 0 for s in st) > N // 8
