@@ -1,5 +1,6 @@
 // pybind11 bindings: translation only. Every call into llama.cpp/ggml releases the GIL.
 #include "pyeagle/engine.h"
+#include "batch_decoder.h"
 #include "common.h"
 #include "draft_head.h"
 #include "budget.h"
@@ -183,6 +184,32 @@ PYBIND11_MODULE(_core, m) {
         .def("taps", [](const target & t) {
                  return rows(&target::taps, t, t.n_rows(), (size_t) t.n_embd() * t.tap_layers().size());
              }, "EAGLE-3 layer inputs, [n_rows, n_taps * n_embd], low to high");
+
+    py::class_<batch_decoder>(m, "BatchDecoder",
+                              "greedy decoding of many sequences at once, with features (self-distillation data)")
+        .def(py::init([](const target & t, int32_t n_slots, int32_t n_ctx_slot, int32_t n_batch, int32_t n_threads) {
+                 py::gil_scoped_release release;
+                 return std::make_unique<batch_decoder>(t, n_slots, n_ctx_slot, n_batch, n_threads);
+             }), py::arg("target"), py::arg("n_slots"), py::arg("n_ctx_slot") = 2048, py::arg("n_batch") = 512,
+             py::arg("n_threads") = 0, py::keep_alive<1, 2>())
+        .def_property_readonly("n_slots", &batch_decoder::n_slots)
+        .def_property_readonly("n_ctx_slot", &batch_decoder::n_ctx_slot)
+        .def("n_past", &batch_decoder::n_past, py::arg("slot"))
+        .def("step", [](batch_decoder & b, const std::vector<std::vector<llama_token>> & feeds) {
+                 std::vector<llama_token> next;
+                 {
+                     py::gil_scoped_release release;
+                     next = b.step(feeds);
+                 }
+                 const auto & h = b.hidden();
+                 py::array_t<float> out({(py::ssize_t) (h.size() / b.n_embd()), (py::ssize_t) b.n_embd()});
+                 std::memcpy(out.mutable_data(), h.data(), sizeof(float) * h.size());
+                 return py::make_tuple(next, out);
+             }, py::arg("feeds"),
+             "feeds[s]: tokens to append to slot s ([] to skip it). Returns (next, hidden): each slot's greedy "
+             "next token (-1 if not fed) and one post-norm hidden row per fed token, slot by slot")
+        .def("truncate", &batch_decoder::truncate, py::arg("slot"), py::arg("n_keep"),
+             py::call_guard<py::gil_scoped_release>());
 
     py::class_<draft_head>(m, "DraftHead")
         .def(py::init([](const std::string & path, const target & tgt, int32_t n_ctx, int32_t n_batch) {

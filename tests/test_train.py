@@ -261,3 +261,47 @@ def test_calibrated_temperature_is_exported(tiny_f32, tiny_data, tmp_path):
     d = DraftHead(str(out), tgt, n_ctx=256, n_batch=64)
     d.prefix([int(x) for x in toks], feats, 0)
     np.testing.assert_allclose(d.logits()[-1], (y @ w[ids].T)[-1] / 2.0, rtol=1e-3, atol=1e-3)
+
+
+def test_multi_turn_data_marks_the_answers_and_holds_the_targets_features(tiny_f32, tmp_path):
+    """Conversations with a second turn, several decoded at once: every token marked as an answer
+    is the target's greedy choice after what precedes it (first turn, second turn), and the
+    features are the target's own rows for the whole conversation, as one sequence."""
+    out = tmp_path / "sd"
+    assert tdata.generate(out, str(tiny_f32), n_prompts=6, chunk=3, max_new=12, follow_ups=1.0, slots=4,
+                          progress=False) == 0
+    t = Target(str(tiny_f32), n_ctx=512)
+    t.features = True
+    n_runs = []
+    for f in sorted(out.glob("chunk-*.npz")):
+        c = np.load(f)
+        assert c["answer"].shape == c["tokens"].shape
+        for s in range(len(c["offsets"]) - 1):
+            a, b = int(c["offsets"][s]), int(c["offsets"][s + 1])
+            seq, ans = [int(x) for x in c["tokens"][a:b]], c["answer"][a:b]
+            assert not ans[:int(c["n_prompt"][s])].any() and ans[-1] == 1
+            n_runs.append(int((np.diff(ans.astype(int)) == 1).sum()))
+            t.truncate(0)
+            t.prefill(seq[:-1])
+            np.testing.assert_allclose(t.hidden(), c["features"][a:b - 1].astype(np.float32), atol=2e-2, rtol=2e-2)
+            t.truncate(0)
+            for i, tok in enumerate(seq[:-1]):
+                t.decode(tok)
+                if ans[i + 1]:
+                    assert int(np.argmax(t.last_logits())) == seq[i + 1]
+    assert len(n_runs) == 6 and max(n_runs) == 2  # second turns were answered
+
+
+def test_training_can_start_from_a_head_gguf(tiny_f32, tiny_data, tmp_path):
+    """--init HEAD.gguf reads back exactly the weights that were exported (q/k rows permuted back)."""
+    run = tmp_path / "run"
+    tfit.fit(tiny_data, run, **fit_kw(tiny_f32))
+    out = tmp_path / "head.gguf"
+    tfit.export(run, str(tiny_f32), tmp_path / "eagle", out, outtype="f32")
+    trained = tfit.load_head(run)
+    fresh = tfit.make_head(trained.cfg)
+    tfit.load_gguf_weights(fresh, out)
+    for name, p in trained.eagle_state_dict().items():
+        np.testing.assert_array_equal(fresh.eagle_state_dict()[name].detach().numpy(), p.detach().numpy(), err_msg=name)
+    res = tfit.fit(tiny_data, tmp_path / "again", init=out, **{**fit_kw(tiny_f32), "epochs": 0.5})
+    assert res["val"]["top1"] >= 0

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--shard", default="0/1", help="i/n: this process takes chunks c with c %% n == i")
     d.add_argument("-t", "--threads", type=int, default=1)
     d.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
+    d.add_argument("--follow-ups", type=float, default=0.0,
+                   help="share of conversations with a second user turn (answered with the first answer as context)")
+    d.add_argument("--slots", type=int, default=16, help="conversations decoded at once, in one batch")
 
     tp = sub.add_parser("taps", help="add EAGLE-3 layer taps to self-distillation data")
     tp.add_argument("--data", required=True, type=Path, help="data directory made by `data`")
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--minutes", type=float, default=0)
     f.add_argument("--unroll", type=int, default=1,
                    help="drafting steps in the loss (training-time test; 1: the plain EAGLE-1/2 loss)")
-    f.add_argument("--init", type=Path, help="start from this run's weights")
+    f.add_argument("--init", type=Path,
+                   help="start from this run's weights, or from an EAGLE-1/2 head GGUF (e.g. the shipped head)")
     f.add_argument("--bf16", action="store_true",
                    help="bfloat16 matrix products (about 2x faster where the CPU has AVX512-BF16 or AMX)")
     f.add_argument("--token-weight", type=float, default=0.1,
@@ -89,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or str(models.default_target())
         i, n = (int(x) for x in args.shard.split("/"))
         left = generate(args.out, model, n_prompts=args.n_prompts, seed=args.seed, chunk=args.chunk,
-                        max_new=args.max_new, shard=(i, n), n_threads=args.threads, minutes=args.minutes)
+                        max_new=args.max_new, shard=(i, n), n_threads=args.threads, minutes=args.minutes,
+                        follow_ups=args.follow_ups, slots=args.slots)
         print(f"shard {i}/{n}: {left} chunks left" if left else f"shard {i}/{n}: complete")
         return 0
     if args.cmd == "taps":

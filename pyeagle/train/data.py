@@ -1,8 +1,10 @@
 """Self-distillation data: the target answers the prompt set; its features are recorded.
 
-For every prompt (through the model's chat template, as a chat user's would be) the target
+For every conversation (through the model's chat template, as a chat user's would be) the target
 decodes greedily through pyeagle's own runtime with features on, so one pass yields the answer
-tokens and the post-norm feature of every token it fed. The work is split into chunks of
+tokens and the post-norm feature of every token it fed. Many conversations decode at once
+(BatchDecoder, one llama_decode per step); a second user turn is answered with the first answer
+as context. The work is split into chunks of
 `chunk` prompts; each chunk is written atomically as DIR/chunk-NNNNN.npz, so a run can stop at
 any time (Ctrl-C, --minutes) and the next run with the same arguments continues where it
 stopped. Shards (--shard i/n) let n processes share the prompt set.
@@ -12,7 +14,9 @@ A chunk holds, for its sequences concatenated:
   features float16 [T, h]   post-norm feature of each token (the last token of a sequence was
                             never fed: its row is zero and never used)
   offsets  int64 [S + 1]    sequence boundaries in T
-  n_prompt int32 [S]        prompt length of each sequence
+  n_prompt int32 [S]        prompt length of each sequence (its first turn's)
+  answer   uint8 [T]        (data made with follow-ups) 1 where the target chose the token: the
+                            answers of every turn; later turns' prompts are 0
   taps     float16 [T, 3h]  (optional, `add_taps`) the inputs of three target layers, low to high,
                             for EAGLE-3 heads; from one batched pass over each finished sequence
 """
@@ -26,30 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .._core import Target
+from .._core import BatchDecoder, Target
 from ..template import ChatTemplate
-from .prompts import build_prompts
+from .prompts import build_conversations, build_prompts
 
 
 def chunk_path(out: Path, c: int) -> Path:
     return out / f"chunk-{c:05d}.npz"
-
-
-def answer(t: Target, prompt_ids: list[int], max_new: int) -> tuple[list[int], np.ndarray]:
-    """Greedy answer of the target and the features of every token fed (prompt + answer)."""
-    t.truncate(0)
-    t.prefill(prompt_ids)
-    rows = [t.hidden()]
-    out: list[int] = []
-    while True:
-        tok = int(np.argmax(t.last_logits()))
-        out.append(tok)
-        if t.is_eog(tok) or len(out) >= max_new or t.n_past + 1 >= t.n_ctx:
-            break
-        t.decode(tok)
-        rows.append(t.hidden())
-    feats = np.concatenate(rows + [np.zeros((1, rows[0].shape[1]), np.float32)])  # the last token was not fed
-    return out, feats
 
 
 def write_chunk(path: Path, **arrays: np.ndarray) -> None:
@@ -73,48 +60,144 @@ def _check_meta(out: Path, meta: dict) -> None:
         meta_file.write_text(json.dumps(meta, indent=1))
 
 
+class _Conversation:
+    """One conversation on a slot: its tokens so far, their features and which are answers."""
+
+    def __init__(self, index: int, turns: list[str]):
+        self.index, self.turns, self.turn = index, turns, 0
+        self.tokens: list[int] = []
+        self.answer: list[int] = []        # 1: a token the target chose (greedy), 0: prompt
+        self.feats: list[np.ndarray] = []  # one [k, h] block per feed; rows align with tokens
+        self.n_prompt = 0                  # length of the first turn's prompt
+        self.n_new = 0                     # answer tokens of the current turn
+
+    def messages(self, detok) -> list[dict]:
+        """The chat so far, through the user turn being answered next."""
+        msgs, k, ans = [], 0, self.answer
+        runs, cur = [], []
+        for tok, a in zip(self.tokens, ans):  # answer runs, in order
+            if a:
+                cur.append(tok)
+            elif cur:
+                runs.append(cur)
+                cur = []
+        if cur:
+            runs.append(cur)
+        for i in range(self.turn + 1):
+            msgs.append({"role": "user", "content": self.turns[i]})
+            if i < self.turn:
+                msgs.append({"role": "assistant", "content": detok(runs[k])})
+                k += 1
+        return msgs
+
+
 def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk: int = 40, max_new: int = 256,
-             shard: tuple[int, int] = (0, 1), n_threads: int = 1, minutes: float = 0.0, progress: bool = True) -> int:
-    """Writes the missing chunks of this shard; returns how many chunks are still missing."""
+             shard: tuple[int, int] = (0, 1), n_threads: int = 1, minutes: float = 0.0, progress: bool = True,
+             follow_ups: float = 0.0, slots: int = 16, n_ctx_slot: int = 2048) -> int:
+    """Writes the missing chunks of this shard; returns how many chunks are still missing.
+
+    The target answers `slots` conversations at once (BatchDecoder: one llama_decode per step for
+    all of them, each in its own KV stream), greedily, up to max_new tokens per turn. With
+    follow_ups > 0 that share of the conversations has a second user turn, answered with the first
+    answer as context, as a chat user sees it. A chunk is written once all its conversations end."""
     out.mkdir(parents=True, exist_ok=True)
-    prompts = build_prompts(n_prompts, seed)
-    _check_meta(out, dict(model=os.path.basename(model), n_prompts=n_prompts, seed=seed, chunk=chunk,
-                          max_new=max_new))
-    t = Target(model, n_ctx=2048, n_threads=n_threads, n_batch=512)
-    t.features = True
+    convs = build_conversations(n_prompts, seed, follow_ups) if follow_ups > 0 else [[p] for p in build_prompts(n_prompts, seed)]
+    meta = dict(model=os.path.basename(model), n_prompts=n_prompts, seed=seed, chunk=chunk, max_new=max_new)
+    if follow_ups > 0:
+        meta["follow_ups"] = follow_ups
+    _check_meta(out, meta)
+    t = Target(model, n_ctx=64, n_threads=n_threads)
     tmpl = ChatTemplate.from_target(t)
-    n_chunks = (len(prompts) + chunk - 1) // chunk
+    n_chunks = (len(convs) + chunk - 1) // chunk
     mine = [c for c in range(n_chunks) if c % shard[1] == shard[0] and not chunk_path(out, c).exists()]
-    t_end = time.monotonic() + minutes * 60 if minutes > 0 else float("inf")
-    try:
-        from tqdm import tqdm
-        bar = tqdm(total=len(mine) * chunk, unit="prompt", disable=not progress, smoothing=0.05)
-    except ImportError:
-        bar = None
-    done = 0
-    for c in mine:
-        if time.monotonic() > t_end:
-            break
-        tokens, feats, offsets, n_prompt = [], [], [0], []
-        n_new = 0
-        for p in prompts[c * chunk:(c + 1) * chunk]:
-            ids = t.tokenize(tmpl.render([{"role": "user", "content": p}]), add_special=True, parse_special=True)
+    queue = [i for c in mine for i in range(c * chunk, min((c + 1) * chunk, len(convs)))]
+    queue.reverse()  # pop() takes them in order
+    left = {c: min(chunk, len(convs) - c * chunk) for c in mine}
+    finished: dict[int, _Conversation] = {}
+    b = BatchDecoder(t, slots, n_ctx_slot, 512, n_threads)
+    n_ctx_slot = b.n_ctx_slot
+    detok = lambda ids: t.detokenize(ids).decode("utf-8", errors="replace")  # noqa: E731
+    slot: list[_Conversation | None] = [None] * slots
+    feeds: list[list[int]] = [[] for _ in range(slots)]
+
+    def start_turn(s: int, conv: _Conversation) -> bool:
+        """Feeds slot s the prompt of conv's current turn; False when it would not fit."""
+        ids = t.tokenize(tmpl.render(conv.messages(detok)), add_special=True, parse_special=True)
+        if conv.turn == 0:
             ids = ids[:1024]
-            ans, f = answer(t, ids, max_new)
-            tokens.append(np.asarray(ids + ans, np.int32))
-            feats.append(f.astype(np.float16))
-            offsets.append(offsets[-1] + len(ids) + len(ans))
-            n_prompt.append(len(ids))
-            n_new += len(ans)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(tokens=n_new)
-        write_chunk(chunk_path(out, c), tokens=np.concatenate(tokens), features=np.concatenate(feats),
-                    offsets=np.asarray(offsets, np.int64), n_prompt=np.asarray(n_prompt, np.int32))
-        done += 1
-    if bar is not None:
-        bar.close()
-    return len(mine) - done
+            conv.n_prompt = len(ids)
+        keep = 0  # the prefix already in the KV (a retokenised answer may part early)
+        while keep < min(len(ids), b.n_past(s)) and ids[keep] == conv.tokens[keep]:
+            keep += 1
+        if len(ids) + max_new > n_ctx_slot or keep == len(ids):
+            return False
+        b.truncate(s, keep)
+        rows = np.concatenate(conv.feats)[:keep] if keep else np.zeros((0, t.n_embd), np.float16)
+        conv.feats = [rows]  # one row per token in the KV (the last answer token was never fed)
+        conv.tokens, conv.answer = conv.tokens[:keep] + ids[keep:], conv.answer[:keep] + [0] * (len(ids) - keep)
+        conv.n_new = 0
+        feeds[s] = ids[keep:]
+        return True
+
+    def finish(conv: _Conversation) -> None:
+        finished[conv.index] = conv
+        c = conv.index // chunk
+        left[c] -= 1
+        if left[c]:
+            return
+        seqs = [finished.pop(i) for i in range(c * chunk, c * chunk + min(chunk, len(convs) - c * chunk))]
+        h = t.n_embd
+        write_chunk(chunk_path(out, c),
+                    tokens=np.concatenate([np.asarray(q.tokens, np.int32) for q in seqs]),
+                    features=np.concatenate([np.concatenate(q.feats + [np.zeros((1, h), np.float16)]) for q in seqs]),
+                    offsets=np.cumsum([0] + [len(q.tokens) for q in seqs]).astype(np.int64),
+                    n_prompt=np.asarray([q.n_prompt for q in seqs], np.int32),
+                    answer=np.concatenate([np.asarray(q.answer, np.uint8) for q in seqs]))
+        del left[c]
+
+    def refill(s: int) -> None:
+        while queue:
+            i = queue.pop()
+            conv = _Conversation(i, convs[i])
+            b.truncate(s, 0)
+            if start_turn(s, conv):
+                slot[s] = conv
+                return
+            finish(conv)  # a prompt too long even for the first turn: an empty sequence
+        slot[s], feeds[s] = None, []
+
+    t_end = time.monotonic() + minutes * 60 if minutes > 0 else float("inf")
+    from tqdm import tqdm
+    bar = tqdm(total=len(queue), unit="conv", disable=not progress, smoothing=0.02)
+    n_tok, t0 = 0, time.monotonic()
+    for s in range(slots):
+        refill(s)
+    while any(q is not None for q in slot) and time.monotonic() < t_end:
+        nxt, hidden = b.step(feeds)
+        r = 0
+        for s, conv in enumerate(slot):
+            if conv is None:
+                continue
+            k = len(feeds[s])
+            conv.feats.append(hidden[r:r + k].astype(np.float16))
+            r += k
+            tok = int(nxt[s])
+            conv.tokens.append(tok)
+            conv.answer.append(1)
+            conv.n_new += 1
+            n_tok += 1
+            if not (t.is_eog(tok) or conv.n_new >= max_new or len(conv.tokens) >= n_ctx_slot):
+                feeds[s] = [tok]
+                continue
+            conv.turn += 1
+            if conv.turn < len(conv.turns) and start_turn(s, conv):
+                continue
+            finish(conv)
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{n_tok / (time.monotonic() - t0):.0f}", chunks=len(mine) - len(left))
+            refill(s)
+    bar.close()
+    return len(left)
 
 
 def default_taps(n_layer: int) -> list[int]:

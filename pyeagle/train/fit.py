@@ -268,7 +268,9 @@ def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
             pos.append(r)
             tgt.append(f_off + r + 1)
             nxt.append(toks[2:n])
-            msk.append(r + 2 >= int(npr[s]))
+            # rows that predict a token the target chose: after the prompt, or (multi-turn data)
+            # wherever the chunk marks an answer token
+            msk.append(c["answer"][a + 2:b].astype(bool) if "answer" in c else r + 2 >= int(npr[s]))
             f_off += n - 1
             starts.append(starts[-1] + n - 2)
     return Rows(np.concatenate(feats), np.concatenate(tok), np.concatenate(pos), np.concatenate(tgt),
@@ -470,7 +472,9 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
     to_draft = torch.full((cfg.vocab,), -1, dtype=torch.long)
     to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
     head = make_head(cfg, torch.from_numpy(target_output_norm(model)) if eagle3 else None)
-    if init is not None:
+    if init is not None and Path(init).suffix == ".gguf":
+        load_gguf_weights(head, Path(init))
+    elif init is not None:
         head.load_state_dict(widen_ffn(torch.load(Path(init) / "state.pt", weights_only=False)["head"], cfg.ff))
     steps_per_epoch = math.ceil(len(pack(rows, train_seqs, seq)) / batch)
     total = max(1, int(steps_per_epoch * epochs))
@@ -579,6 +583,33 @@ def widen_ffn(state: dict[str, torch.Tensor], ff: int, seed: int = 0) -> dict[st
     w = state["down_proj.weight"]
     out["down_proj.weight"] = torch.cat([w, torch.zeros(w.shape[0], ff - old, dtype=w.dtype)], dim=1)
     return out
+
+
+def load_gguf_weights(head: EagleHead, path: Path) -> None:
+    """Sets head's trained weights from an EAGLE-1/2 head GGUF (e.g. the shipped head, to continue
+    training it): dequantised, q/k rows permuted back to HF's rotate-half order. The head's LM
+    head is not read (training uses the target's output rows)."""
+    import gguf
+
+    from ..convert import EAGLE12_TENSORS
+
+    if head.cfg.taps:
+        raise SystemExit("--init from a GGUF file takes EAGLE-1/2 heads only")
+    r = gguf.GGUFReader(str(path))
+    tensors = {t.name: t for t in r.tensors}
+    cfg = head.cfg
+    for name, param in head.eagle_state_dict().items():
+        t = tensors.get(EAGLE12_TENSORS[name][0])
+        if t is None:
+            raise SystemExit(f"{path}: no tensor {EAGLE12_TENSORS[name][0]} ({name}): not an EAGLE-1/2 head GGUF")
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(tuple(reversed(t.shape.tolist())))
+        if w.shape != tuple(param.shape):
+            raise SystemExit(f"{path}: {name} has shape {w.shape}, this head {tuple(param.shape)} (another target or --ff?)")
+        n_perm = cfg.n_head if name.endswith("q_proj.weight") else cfg.n_head_kv if name.endswith("k_proj.weight") else 0
+        if n_perm:  # undo convert.permute_rows
+            w = w.reshape(n_perm, w.shape[0] // n_perm // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.ascontiguousarray(w)))
 
 
 def load_head(run: Path) -> EagleHead:

@@ -222,3 +222,30 @@ def build_prompts(n: int = 4000, seed: int = 0) -> list[str]:
             out.append(p)
     rng.shuffle(out)
     return out
+
+
+# Second turns, written for this project. A chat user's follow-up reads the first answer as
+# context; the target answers it greedily like the first turn.
+FOLLOW_UPS = [
+    "Can you make that shorter?", "Please explain that in simpler words.", "Can you give me an example?",
+    "Summarize your answer in three bullet points.", "Why? Explain your reasoning.",
+    "Thanks! Can you say more about the most important part?", "Turn your answer into a short poem.",
+    "Is there anything you left out?", "What is a common mistake people make here?",
+    "Could you put the main points in a table?", "Now explain it to a ten-year-old.",
+    "Give me three questions I could ask next about this.", "Are you sure? Please check your answer.",
+    "Say it again, but more formally.", "Say it again, but in a friendly and casual tone.",
+    "What are the pros and cons?", "How would you explain this to a beginner?",
+    "Can you write that as a numbered list?", "What is the single most useful tip from your answer?",
+    "Tell me more.", "Continue.", "Please add a short conclusion.", "Translate the first sentence into French.",
+    "Add comments that explain each step.", "Now write a short test for it.",
+    "What would change if the numbers were twice as large?", "Give it a catchy title.",
+    "Write a one-sentence summary.", "Now do the same for a different example.",
+    "Which part of this is the hardest to understand, and why?",
+]
+
+
+def build_conversations(n: int = 4000, seed: int = 0, p_follow_up: float = 0.5) -> list[list[str]]:
+    """User turns of n conversations: build_prompts' first turns, and with probability
+    p_follow_up a second turn from FOLLOW_UPS. Deterministic for a given seed."""
+    rng = random.Random(seed + 7919)
+    return [[p, rng.choice(FOLLOW_UPS)] if rng.random() < p_follow_up else [p] for p in build_prompts(n, seed)]

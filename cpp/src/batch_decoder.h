@@ -1,0 +1,44 @@
+// Greedy decoding of many independent sequences at once: the self-distillation data generator.
+//
+// Slot s is llama.cpp sequence s in a context of its own (sharing the target's weights), with
+// its own KV stream (kv_unified off), so each token attends over its own sequence only, as a
+// single-sequence decode would. step() appends each slot's pending tokens, all slots in as few
+// llama_decode calls as n_batch allows; every fed token is an output row, so its post-norm
+// hidden state (the EAGLE-1/2 feature) is recorded, and every fed slot gets its greedy next token.
+#pragma once
+
+#include "target.h"
+
+#include <memory>
+#include <vector>
+
+namespace pyeagle {
+
+class batch_decoder {
+public:
+    // n_ctx_slot: tokens one slot may hold (llama.cpp rounds it up to a multiple of 256)
+    batch_decoder(const target & t, int32_t n_slots, int32_t n_ctx_slot, int32_t n_batch, int32_t n_threads);
+
+    int32_t n_slots() const { return n_slots_; }
+    int32_t n_ctx_slot() const { return n_ctx_slot_; }
+    int32_t n_embd() const { return n_embd_; }
+    int32_t n_past(int32_t slot) const { return (int32_t) past_.at(slot); }
+
+    // feeds[s]: tokens to append to slot s (empty: the slot sits this step out). Returns, per
+    // slot, the greedy next token after its last fed token (-1 for slots not fed). Afterwards
+    // hidden() holds one row per fed token, slot by slot, each slot's in order.
+    std::vector<llama_token> step(const std::vector<std::vector<llama_token>> & feeds);
+    const std::vector<float> & hidden() const { return hidden_; }
+
+    void truncate(int32_t slot, int32_t n_keep);  // drops slot's tokens n_keep..
+
+private:
+    const target & target_;
+    std::unique_ptr<llama_context, llama_context_deleter> ctx_;
+    std::unique_ptr<llama_batch, llama_batch_deleter>     batch_;
+    int32_t n_slots_ = 0, n_ctx_slot_ = 0, n_batch_ = 0, n_embd_ = 0, n_vocab_ = 0;
+    std::vector<size_t> past_;  // tokens in each slot's KV
+    std::vector<float> hidden_;
+};
+
+}  // namespace pyeagle
