@@ -305,3 +305,6 @@ def test_training_can_start_from_a_head_gguf(tiny_f32, tiny_data, tmp_path):
         np.testing.assert_array_equal(fresh.eagle_state_dict()[name].detach().numpy(), p.detach().numpy(), err_msg=name)
     res = tfit.fit(tiny_data, tmp_path / "again", init=out, **{**fit_kw(tiny_f32), "epochs": 0.5})
     assert res["val"]["top1"] >= 0
+    # `eval --run HEAD.gguf` scores the file as `eval --run RUN --all` scores the run
+    kw = dict(depth=3, seq=64, all_seqs=True)
+    assert tfit.evaluate_run(out, tiny_data, str(tiny_f32), **kw) == tfit.evaluate_run(run, tiny_data, str(tiny_f32), **kw)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="FFN width of the head (0: the target's); with --init from a narrower head it is widened")
 
     v = sub.add_parser("eval", help="held-out agreement of a trained head (top-1, chains of drafts)")
-    v.add_argument("--run", required=True, type=Path)
+    v.add_argument("--run", required=True, type=Path, help="run directory, or an EAGLE-1/2 head GGUF (data it never saw)")
     v.add_argument("--data", required=True, type=Path)
     v.add_argument("-m", "--model", help="target GGUF")
     v.add_argument("--depth", type=int, default=4)

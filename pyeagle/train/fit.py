@@ -623,17 +623,26 @@ def load_head(run: Path) -> EagleHead:
 def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
     """The head of `run` and packed windows of held-out data: the run's own held-out split when
     data_dir is its data, or every sequence with all_seqs (data it never saw)."""
-    meta = json.loads((run / "config.json").read_text())
-    head = load_head(run)
-    _, w_full, e_full = target_config_and_matrices(model)
+    cfg, w_full, e_full = target_config_and_matrices(model)
+    if run.suffix == ".gguf":  # a head file (e.g. the shipped one): its weights and draft vocabulary
+        import gguf
+
+        head = make_head(cfg)
+        load_gguf_weights(head, run)
+        d2t = next((t for t in gguf.GGUFReader(str(run)).tensors if t.name == "d2t"), None)
+        ids = np.arange(cfg.vocab) if d2t is None else np.asarray(d2t.data, np.int64)  # GGUF: target ids
+        all_seqs = True
+    else:
+        head = load_head(run)
+        ids = np.load(run / "draft_vocab.npy")
     rows = build_rows(load(data_dir))
     n_seqs = len(rows.seq_start) - 1
     if all_seqs:
         seqs = np.arange(n_seqs)
     else:
-        order = np.random.default_rng(meta["fit"]["seed"]).permutation(n_seqs)
+        seed = json.loads((run / "config.json").read_text())["fit"]["seed"]
+        order = np.random.default_rng(seed).permutation(n_seqs)
         seqs = np.sort(order[:max(1, n_seqs // 50)])
-    ids = np.load(run / "draft_vocab.npy")
     to_draft = torch.full((head.cfg.vocab,), -1, dtype=torch.long)
     to_draft[torch.from_numpy(ids)] = torch.arange(len(ids))
     return head, rows, pack(rows, seqs, seq), torch.from_numpy(e_full), torch.from_numpy(w_full[ids]), to_draft
@@ -647,7 +656,7 @@ def evaluate_run(run: Path, data_dir: Path, model: str, depth: int = 4, seq: int
         torch.set_num_threads(n_threads)
     head, rows, windows, emb, w_d, to_draft = _held_out(run, data_dir, model, seq, all_seqs)
     out = evaluate(head, rows, windows, seq, emb, w_d, to_draft, depth, calibrate=calibrate_too)
-    if calibrate_too:
+    if calibrate_too and run.suffix != ".gguf":
         (run / "calibration.json").write_text(json.dumps(out["calibration"], indent=1))
     return out
 
