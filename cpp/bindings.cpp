@@ -187,11 +187,12 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<batch_decoder>(m, "BatchDecoder",
                               "greedy decoding of many sequences at once, with features (self-distillation data)")
-        .def(py::init([](const target & t, int32_t n_slots, int32_t n_ctx_slot, int32_t n_batch, int32_t n_threads) {
+        .def(py::init([](const target & t, int32_t n_slots, int32_t n_ctx_slot, int32_t n_batch, int32_t n_threads,
+                         std::vector<int32_t> tap_layers) {
                  py::gil_scoped_release release;
-                 return std::make_unique<batch_decoder>(t, n_slots, n_ctx_slot, n_batch, n_threads);
+                 return std::make_unique<batch_decoder>(t, n_slots, n_ctx_slot, n_batch, n_threads, tap_layers);
              }), py::arg("target"), py::arg("n_slots"), py::arg("n_ctx_slot") = 2048, py::arg("n_batch") = 512,
-             py::arg("n_threads") = 0, py::keep_alive<1, 2>())
+             py::arg("n_threads") = 0, py::arg("tap_layers") = std::vector<int32_t>{}, py::keep_alive<1, 2>())
         .def_property_readonly("n_slots", &batch_decoder::n_slots)
         .def_property_readonly("n_ctx_slot", &batch_decoder::n_ctx_slot)
         .def("n_past", &batch_decoder::n_past, py::arg("slot"))
@@ -208,6 +209,13 @@ PYBIND11_MODULE(_core, m) {
              }, py::arg("feeds"),
              "feeds[s]: tokens to append to slot s ([] to skip it). Returns (next, hidden): each slot's greedy "
              "next token (-1 if not fed) and one post-norm hidden row per fed token, slot by slot")
+        .def("taps", [](const batch_decoder & b) {
+                 const auto & t = b.taps();
+                 const size_t w = (size_t) b.n_taps() * b.n_embd();
+                 py::array_t<float> out({(py::ssize_t) (w ? t.size() / w : 0), (py::ssize_t) w});
+                 if (w) std::memcpy(out.mutable_data(), t.data(), sizeof(float) * t.size());
+                 return out;
+             }, "the tapped layers' rows of the last step, [rows, n_taps * n_embd], low to high")
         .def("truncate", &batch_decoder::truncate, py::arg("slot"), py::arg("n_keep"),
              py::call_guard<py::gil_scoped_release>());
 

@@ -292,6 +292,28 @@ def test_multi_turn_data_marks_the_answers_and_holds_the_targets_features(tiny_f
     assert len(n_runs) == 6 and max(n_runs) == 2  # second turns were answered
 
 
+def test_data_can_record_eagle3_taps_in_the_same_pass(tiny_f32, tmp_path):
+    """taps=[0, 1, n_layer]: two layer inputs and the last layer's output, as a target with those
+    taps computes them for the whole sequence."""
+    n_layer = Target(str(tiny_f32), n_ctx=64).n_layer
+    layers = [0, 1, n_layer]
+    out = tmp_path / "sd"
+    assert tdata.generate(out, str(tiny_f32), n_prompts=4, chunk=2, max_new=10, follow_ups=0.5, slots=3,
+                          taps=layers, progress=False) == 0
+    assert json.loads((out / "meta.json").read_text())["taps"] == layers
+    t = Target(str(tiny_f32), n_ctx=512, tap_layers=layers)
+    t.features = True
+    for f in sorted(out.glob("chunk-*.npz")):
+        c = np.load(f)
+        assert c["taps"].shape == (len(c["tokens"]), 3 * 64)
+        for s in range(len(c["offsets"]) - 1):
+            a, b = int(c["offsets"][s]), int(c["offsets"][s + 1])
+            t.truncate(0)
+            t.prefill([int(x) for x in c["tokens"][a:b - 1]])
+            np.testing.assert_allclose(t.taps(), c["taps"][a:b - 1].astype(np.float32), atol=2e-2, rtol=2e-2)
+            assert not c["taps"][b - 1].any()
+
+
 def test_training_can_start_from_a_head_gguf(tiny_f32, tiny_data, tmp_path):
     """--init HEAD.gguf reads back exactly the weights that were exported (q/k rows permuted back)."""
     run = tmp_path / "run"

@@ -1,6 +1,9 @@
 #include "batch_decoder.h"
 
 #include "common.h"
+#include "llama_ext.h"
+
+#include "ggml-backend.h"
 
 #include <algorithm>
 #include <cstring>
@@ -9,8 +12,16 @@
 namespace pyeagle {
 
 batch_decoder::batch_decoder(const target & t, int32_t n_slots, int32_t n_ctx_slot, int32_t n_batch,
-                             int32_t n_threads)
-    : target_(t) {
+                             int32_t n_threads, const std::vector<int32_t> & tap_layers)
+    : target_(t), tap_layers_(tap_layers) {
+    for (int32_t l : tap_layers_) {
+        if (l < 0 || l > t.n_layer()) throw std::invalid_argument(format("batch_decoder: tap layer %d outside 0..%d", l, t.n_layer()));
+        if (!ext::arch_has_layer_taps(t.arch())) {
+            throw std::invalid_argument(format("batch_decoder: architecture '%s' exposes no layer taps", t.arch().c_str()));
+        }
+        // llama.cpp's graph names each layer's output "l_out-<layer>"; every fed token is an output row
+        if (l == t.n_layer()) final_tap_name_ = "l_out-" + std::to_string(t.n_layer() - 1);
+    }
     if (n_slots < 1 || n_slots > 256) throw std::invalid_argument(format("batch_decoder: %d slots outside [1, 256]", n_slots));
     if (n_ctx_slot < 8) throw std::invalid_argument(format("batch_decoder: n_ctx_slot %d is too small", n_ctx_slot));
     if (n_batch < n_slots) throw std::invalid_argument(format("batch_decoder: n_batch %d < %d slots", n_batch, n_slots));
@@ -25,6 +36,10 @@ batch_decoder::batch_decoder(const target & t, int32_t n_slots, int32_t n_ctx_sl
     cp.pooling_type    = LLAMA_POOLING_TYPE_NONE;
     cp.embeddings      = true;   // the post-norm hidden state of every output row
     cp.no_perf         = true;
+    if (!final_tap_name_.empty()) {
+        cp.cb_eval = final_tap_eval;
+        cp.cb_eval_user_data = this;
+    }
     take_last_errors();
     ctx_.reset(llama_init_from_model(t.model(), cp));
     if (!ctx_) {
@@ -38,7 +53,19 @@ batch_decoder::batch_decoder(const target & t, int32_t n_slots, int32_t n_ctx_sl
     n_embd_     = t.n_embd();
     n_vocab_    = t.n_vocab();
     past_.assign(n_slots, 0);
+    for (int32_t l : tap_layers_) {
+        if (l < t.n_layer()) ext::set_layer_tap(ctx_.get(), (uint32_t) l, true);
+    }
     batch_.reset(new llama_batch(llama_batch_init(n_batch_, 0, 1)));
+}
+
+bool batch_decoder::final_tap_eval(ggml_tensor * t, bool ask, void * data) {
+    auto * self = static_cast<batch_decoder *>(data);
+    if (self->final_tap_name_ != ggml_get_name(t)) return !ask;  // false: not wanted
+    if (ask) return true;
+    self->final_tap_.resize((size_t) ggml_nelements(t));
+    ggml_backend_tensor_get(t, self->final_tap_.data(), 0, ggml_nbytes(t));
+    return true;
 }
 
 void batch_decoder::truncate(int32_t slot, int32_t n_keep) {
@@ -66,8 +93,15 @@ std::vector<llama_token> batch_decoder::step(const std::vector<std::vector<llama
     }
     std::vector<llama_token> next(n_slots_, -1);
     hidden_.resize(total * n_embd_);
-    size_t row = 0;       // rows of hidden_ written
-    int32_t n = 0;        // tokens in the batch being filled
+    const size_t n_taps = tap_layers_.size();
+    taps_.resize(total * n_taps * n_embd_);
+    std::vector<size_t> first_row(n_slots_ + 1, 0);  // rows are slot by slot
+    for (int32_t s = 0; s < n_slots_; ++s) first_row[s + 1] = first_row[s] + feeds[s].size();
+    // Each llama_decode must be one ubatch in batch order, for the taps: without a unified KV,
+    // llama.cpp splits a batch into ubatches of equal tokens per sequence (and reorders), so the
+    // one-token feeds go together and each longer feed (a prompt) on its own.
+    int32_t n = 0;
+    std::vector<size_t> dest(n_batch_);          // batch index -> row of hidden_
     std::vector<int32_t> last_of(n_batch_, -1);  // batch index -> slot whose last fed token it is
     auto flush = [&] {
         if (n == 0) return;
@@ -78,10 +112,22 @@ std::vector<llama_token> batch_decoder::step(const std::vector<std::vector<llama
             const std::string why = take_last_errors();
             throw std::runtime_error(format("batch_decoder: llama_decode failed (%d)%s%s", ret, why.empty() ? "" : ": ", why.c_str()));
         }
-        for (int32_t i = 0; i < n; ++i, ++row) {
+        for (size_t k = 0; k < n_taps; ++k) {
+            const int32_t l = tap_layers_[k];
+            const float * src = l < target_.n_layer() ? ext::layer_tap(ctx_.get(), (uint32_t) l) : final_tap_.data();
+            if (l == target_.n_layer() && final_tap_.size() != (size_t) n * n_embd_) {
+                throw std::runtime_error(format("batch_decoder: the last layer's output has %zu values, expected %d rows",
+                                                final_tap_.size(), n));
+            }
+            for (int32_t i = 0; i < n; ++i) {
+                std::memcpy(taps_.data() + (dest[i] * n_taps + k) * n_embd_, src + (size_t) i * n_embd_,
+                            sizeof(float) * n_embd_);
+            }
+        }
+        for (int32_t i = 0; i < n; ++i) {
             const float * h = llama_get_embeddings_ith(ctx_.get(), i);
             if (!h) throw std::runtime_error("batch_decoder: llama.cpp returned no hidden state");
-            std::memcpy(hidden_.data() + row * n_embd_, h, sizeof(float) * n_embd_);
+            std::memcpy(hidden_.data() + dest[i] * n_embd_, h, sizeof(float) * n_embd_);
             if (last_of[i] < 0) continue;
             const float * l = llama_get_logits_ith(ctx_.get(), i);
             next[last_of[i]] = (llama_token) (std::max_element(l, l + n_vocab_) - l);
@@ -89,19 +135,25 @@ std::vector<llama_token> batch_decoder::step(const std::vector<std::vector<llama
         }
         n = 0;
     };
+    auto add = [&](int32_t s, size_t k) {
+        batch_->token[n]     = feeds[s][k];
+        batch_->pos[n]       = (llama_pos) past_[s]++;
+        batch_->n_seq_id[n]  = 1;
+        batch_->seq_id[n][0] = s;
+        batch_->logits[n]    = 1;
+        dest[n]              = first_row[s] + k;
+        if (k + 1 == feeds[s].size()) last_of[n] = s;
+        if (++n == n_batch_) flush();
+    };
     for (int32_t s = 0; s < n_slots_; ++s) {
-        const auto & f = feeds[s];
-        for (size_t k = 0; k < f.size(); ++k) {
-            batch_->token[n]     = f[k];
-            batch_->pos[n]       = (llama_pos) past_[s]++;
-            batch_->n_seq_id[n]  = 1;
-            batch_->seq_id[n][0] = s;
-            batch_->logits[n]    = 1;
-            if (k + 1 == f.size()) last_of[n] = s;
-            if (++n == n_batch_) flush();
-        }
+        if (feeds[s].size() == 1) add(s, 0);
     }
     flush();
+    for (int32_t s = 0; s < n_slots_; ++s) {
+        if (feeds[s].size() < 2) continue;
+        for (size_t k = 0; k < feeds[s].size(); ++k) add(s, k);
+        flush();
+    }
     return next;
 }
 

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--follow-ups", type=float, default=0.0,
                    help="share of conversations with a second user turn (answered with the first answer as context)")
     d.add_argument("--slots", type=int, default=16, help="conversations decoded at once, in one batch")
+    d.add_argument("--taps", help="also record EAGLE-3 inputs of three layers, low,mid,high (n_layer: the last "
+                                  "layer's output); 'default': 2, n_layer/2, n_layer")
 
     tp = sub.add_parser("taps", help="add EAGLE-3 layer taps to self-distillation data")
     tp.add_argument("--data", required=True, type=Path, help="data directory made by `data`")
@@ -92,9 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         from .data import generate
         model = args.model or str(models.default_target())
         i, n = (int(x) for x in args.shard.split("/"))
+        taps = None
+        if args.taps == "default":
+            from .._core import Target
+            n_layer = Target(model, n_ctx=64).n_layer
+            taps = [2, n_layer // 2, n_layer]
+        elif args.taps:
+            taps = [int(x) for x in args.taps.split(",")]
+            if len(taps) != 3:
+                ap.error("--taps takes three layer ids")
         left = generate(args.out, model, n_prompts=args.n_prompts, seed=args.seed, chunk=args.chunk,
                         max_new=args.max_new, shard=(i, n), n_threads=args.threads, minutes=args.minutes,
-                        follow_ups=args.follow_ups, slots=args.slots)
+                        follow_ups=args.follow_ups, slots=args.slots, taps=taps)
         print(f"shard {i}/{n}: {left} chunks left" if left else f"shard {i}/{n}: complete")
         return 0
     if args.cmd == "taps":

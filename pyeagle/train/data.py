@@ -68,6 +68,7 @@ class _Conversation:
         self.tokens: list[int] = []
         self.answer: list[int] = []        # 1: a token the target chose (greedy), 0: prompt
         self.feats: list[np.ndarray] = []  # one [k, h] block per feed; rows align with tokens
+        self.taps: list[np.ndarray] = []   # the same for the taps ([k, 3h]) when recorded
         self.n_prompt = 0                  # length of the first turn's prompt
         self.n_new = 0                     # answer tokens of the current turn
 
@@ -93,18 +94,22 @@ class _Conversation:
 
 def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk: int = 40, max_new: int = 256,
              shard: tuple[int, int] = (0, 1), n_threads: int = 1, minutes: float = 0.0, progress: bool = True,
-             follow_ups: float = 0.0, slots: int = 16, n_ctx_slot: int = 2048) -> int:
+             follow_ups: float = 0.0, slots: int = 16, n_ctx_slot: int = 2048, taps: list[int] | None = None) -> int:
     """Writes the missing chunks of this shard; returns how many chunks are still missing.
 
     The target answers `slots` conversations at once (BatchDecoder: one llama_decode per step for
     all of them, each in its own KV stream), greedily, up to max_new tokens per turn. With
     follow_ups > 0 that share of the conversations has a second user turn, answered with the first
-    answer as context, as a chat user sees it. A chunk is written once all its conversations end."""
+    answer as context, as a chat user sees it. A chunk is written once all its conversations end.
+    With taps (three layer ids; n_layer: the last layer's output) the chunks also hold EAGLE-3
+    inputs, recorded in the same pass."""
     out.mkdir(parents=True, exist_ok=True)
     convs = build_conversations(n_prompts, seed, follow_ups) if follow_ups > 0 else [[p] for p in build_prompts(n_prompts, seed)]
     meta = dict(model=os.path.basename(model), n_prompts=n_prompts, seed=seed, chunk=chunk, max_new=max_new)
     if follow_ups > 0:
         meta["follow_ups"] = follow_ups
+    if taps:
+        meta["taps"] = list(taps)
     _check_meta(out, meta)
     t = Target(model, n_ctx=64, n_threads=n_threads)
     tmpl = ChatTemplate.from_target(t)
@@ -114,7 +119,7 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
     queue.reverse()  # pop() takes them in order
     left = {c: min(chunk, len(convs) - c * chunk) for c in mine}
     finished: dict[int, _Conversation] = {}
-    b = BatchDecoder(t, slots, n_ctx_slot, 512, n_threads)
+    b = BatchDecoder(t, slots, n_ctx_slot, 512, n_threads, list(taps or []))
     n_ctx_slot = b.n_ctx_slot
     detok = lambda ids: t.detokenize(ids).decode("utf-8", errors="replace")  # noqa: E731
     slot: list[_Conversation | None] = [None] * slots
@@ -132,8 +137,8 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
         if len(ids) + max_new > n_ctx_slot or keep == len(ids):
             return False
         b.truncate(s, keep)
-        rows = np.concatenate(conv.feats)[:keep] if keep else np.zeros((0, t.n_embd), np.float16)
-        conv.feats = [rows]  # one row per token in the KV (the last answer token was never fed)
+        conv.feats = [np.concatenate(conv.feats)[:keep]] if keep else []  # a row per token in the KV
+        conv.taps = [np.concatenate(conv.taps)[:keep]] if keep and taps else []
         conv.tokens, conv.answer = conv.tokens[:keep] + ids[keep:], conv.answer[:keep] + [0] * (len(ids) - keep)
         conv.n_new = 0
         feeds[s] = ids[keep:]
@@ -146,13 +151,17 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
         if left[c]:
             return
         seqs = [finished.pop(i) for i in range(c * chunk, c * chunk + min(chunk, len(convs) - c * chunk))]
+        seqs = [q for q in seqs if q.tokens]  # a prompt too long for a slot is left out
         h = t.n_embd
         write_chunk(chunk_path(out, c),
                     tokens=np.concatenate([np.asarray(q.tokens, np.int32) for q in seqs]),
                     features=np.concatenate([np.concatenate(q.feats + [np.zeros((1, h), np.float16)]) for q in seqs]),
                     offsets=np.cumsum([0] + [len(q.tokens) for q in seqs]).astype(np.int64),
                     n_prompt=np.asarray([q.n_prompt for q in seqs], np.int32),
-                    answer=np.concatenate([np.asarray(q.answer, np.uint8) for q in seqs]))
+                    answer=np.concatenate([np.asarray(q.answer, np.uint8) for q in seqs]),
+                    # (the last token of a sequence was never fed: its rows are zero)
+                    **({"taps": np.concatenate([np.concatenate(q.taps + [np.zeros((1, 3 * h), np.float16)])
+                                                for q in seqs])} if taps else {}))
         del left[c]
 
     def refill(s: int) -> None:
@@ -174,12 +183,15 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
         refill(s)
     while any(q is not None for q in slot) and time.monotonic() < t_end:
         nxt, hidden = b.step(feeds)
+        tapped = b.taps() if taps else None
         r = 0
         for s, conv in enumerate(slot):
             if conv is None:
                 continue
             k = len(feeds[s])
             conv.feats.append(hidden[r:r + k].astype(np.float16))
+            if taps:
+                conv.taps.append(tapped[r:r + k].astype(np.float16))
             r += k
             tok = int(nxt[s])
             conv.tokens.append(tok)
