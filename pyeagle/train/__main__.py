@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--chunk", type=int, default=40, help="prompts per chunk file")
     d.add_argument("--max-new", type=int, default=256)
     d.add_argument("--shard", default="0/1", help="i/n: this process takes chunks c with c %% n == i")
-    d.add_argument("-t", "--threads", type=int, default=1)
+    d.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default 0: all)")
     d.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
     d.add_argument("--follow-ups", type=float, default=0.0,
                    help="share of conversations with a second user turn (answered with the first answer as context)")

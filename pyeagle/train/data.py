@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -179,35 +180,43 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
     from tqdm import tqdm
     bar = tqdm(total=len(queue), unit="conv", disable=not progress, smoothing=0.02)
     n_tok, t0 = 0, time.monotonic()
-    for s in range(slots):
-        refill(s)
-    while any(q is not None for q in slot) and time.monotonic() < t_end:
-        nxt, hidden = b.step(feeds)
-        tapped = b.taps() if taps else None
-        r = 0
-        for s, conv in enumerate(slot):
-            if conv is None:
-                continue
-            k = len(feeds[s])
-            conv.feats.append(hidden[r:r + k].astype(np.float16))
-            if taps:
-                conv.taps.append(tapped[r:r + k].astype(np.float16))
-            r += k
-            tok = int(nxt[s])
-            conv.tokens.append(tok)
-            conv.answer.append(1)
-            conv.n_new += 1
-            n_tok += 1
-            if not (t.is_eog(tok) or conv.n_new >= max_new or len(conv.tokens) >= n_ctx_slot):
-                feeds[s] = [tok]
-                continue
-            conv.turn += 1
-            if conv.turn < len(conv.turns) and start_turn(s, conv):
-                continue
-            finish(conv)
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{n_tok / (time.monotonic() - t0):.0f}", chunks=len(mine) - len(left))
+
+    def decode_all() -> None:
+        nonlocal n_tok
+        for s in range(slots):
             refill(s)
+        while any(q is not None for q in slot) and time.monotonic() < t_end:
+            nxt, hidden = b.step(feeds)
+            tapped = b.taps() if taps else None
+            r = 0
+            for s, conv in enumerate(slot):
+                if conv is None:
+                    continue
+                k = len(feeds[s])
+                conv.feats.append(hidden[r:r + k].astype(np.float16))
+                if taps:
+                    conv.taps.append(tapped[r:r + k].astype(np.float16))
+                r += k
+                tok = int(nxt[s])
+                conv.tokens.append(tok)
+                conv.answer.append(1)
+                conv.n_new += 1
+                n_tok += 1
+                if not (t.is_eog(tok) or conv.n_new >= max_new or len(conv.tokens) >= n_ctx_slot):
+                    feeds[s] = [tok]
+                    continue
+                conv.turn += 1
+                if conv.turn < len(conv.turns) and start_turn(s, conv):
+                    continue
+                finish(conv)
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{n_tok / (time.monotonic() - t0):.0f}", chunks=len(mine) - len(left))
+                refill(s)
+
+    try:
+        decode_all()
+    except KeyboardInterrupt:  # written chunks are whole; conversations in flight are redone next time
+        print(f"\nstopped: {len(left)} chunks left; the same command continues", file=sys.stderr)
     bar.close()
     return len(left)
 

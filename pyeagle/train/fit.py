@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -465,6 +466,12 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
         np.save(vocab_file, ids)
     (run / "config.json").write_text(json.dumps({"head": asdict(cfg), "fit": asdict(fc)}, indent=1))
     coverage = float(np.isin(rows.nexttok[rows.mask], ids).mean())
+    lens = np.diff(rows.seq_start)
+    cut = sum(int(rows.mask[a + seq:b].sum()) for a, b, n in zip(rows.seq_start[:-1], rows.seq_start[1:], lens) if n > seq)
+    if cut:  # pack() keeps the first `seq` rows of a sequence
+        print(f"note: {cut} of {int(rows.mask.sum())} answer rows ({cut / rows.mask.sum():.0%}) lie beyond --seq {seq} "
+              f"rows into their sequence and are not trained on; the longest sequence has {lens.max()} rows",
+              file=sys.stderr)
 
     torch.manual_seed(seed)
     emb = torch.from_numpy(e_full)
@@ -630,7 +637,7 @@ def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
         head = make_head(cfg)
         load_gguf_weights(head, run)
         d2t = next((t for t in gguf.GGUFReader(str(run)).tensors if t.name == "d2t"), None)
-        ids = np.arange(cfg.vocab) if d2t is None else np.asarray(d2t.data, np.int64)  # GGUF: target ids
+        ids = np.arange(cfg.vocab) if d2t is None else np.array(d2t.data, np.int64)  # GGUF: target ids
         all_seqs = True
     else:
         head = load_head(run)
