@@ -19,8 +19,7 @@ batch_decoder::batch_decoder(const target & t, int32_t n_slots, int32_t n_ctx_sl
         if (!ext::arch_has_layer_taps(t.arch())) {
             throw std::invalid_argument(format("batch_decoder: architecture '%s' exposes no layer taps", t.arch().c_str()));
         }
-        // llama.cpp's graph names each layer's output "l_out-<layer>"; every fed token is an output row
-        if (l == t.n_layer()) final_tap_name_ = "l_out-" + std::to_string(t.n_layer() - 1);
+        if (l == t.n_layer()) final_tap_name_ = ext::layer_out_name(t.n_layer() - 1);  // every fed token is an output row
     }
     if (n_slots < 1 || n_slots > 256) throw std::invalid_argument(format("batch_decoder: %d slots outside [1, 256]", n_slots));
     if (n_ctx_slot < 8) throw std::invalid_argument(format("batch_decoder: n_ctx_slot %d is too small", n_ctx_slot));

@@ -18,6 +18,9 @@ bool arch_has_layer_taps(const std::string & arch);
 void set_layer_tap(llama_context * ctx, uint32_t layer, bool on);
 // [n_tokens of the last decode, n_embd], token order (not output order)
 float * layer_tap(llama_context * ctx, uint32_t layer);
+// llama.cpp's graph names each layer's output "l_out-<layer>" (src/models/llama.cpp, qwen3.cpp):
+// the last one is read through the eval callback for the tap n_layer
+inline std::string layer_out_name(int32_t layer) { return "l_out-" + std::to_string(layer); }
 
 // The loaded model's weight tensors called `name`, where they live (the model's own backend
 // buffers). Several when llama.cpp keeps a second copy in another buffer: a tied output matrix

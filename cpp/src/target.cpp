@@ -33,9 +33,6 @@ bool abort_requested(void * data) {
     return static_cast<std::atomic<bool> *>(data)->load();
 }
 
-// llama.cpp's graph names each layer's output "l_out-<layer>" (src/models/llama.cpp, qwen3.cpp).
-std::string layer_out_name(int32_t layer) { return "l_out-" + std::to_string(layer); }
-
 }  // namespace
 
 target::target(const target_params & params) : params_(params) {
@@ -80,7 +77,7 @@ target::target(const target_params & params) : params_(params) {
             throw std::invalid_argument(format("target: architecture '%s' exposes no layer taps (EAGLE-3 needs "
                                                "them): %s", arch_.c_str(), params.path.c_str()));
         }
-        if (l == n_layer_) final_tap_name_ = layer_out_name(n_layer_ - 1);
+        if (l == n_layer_) final_tap_name_ = ext::layer_out_name(n_layer_ - 1);
     }
     // Layer-input taps hold every token's row whether or not it is an output; the post-norm hidden
     // state and the last layer's output only exist for output rows, which also pay a row of logits

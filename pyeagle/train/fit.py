@@ -598,7 +598,7 @@ def load_gguf_weights(head: EagleHead, path: Path) -> None:
     head is not read (training uses the target's output rows)."""
     import gguf
 
-    from ..convert import EAGLE12_TENSORS
+    from ..convert import EAGLE12_TENSORS, unpermute_rows
 
     if head.cfg.taps:
         raise SystemExit("--init from a GGUF file takes EAGLE-1/2 heads only")
@@ -613,8 +613,8 @@ def load_gguf_weights(head: EagleHead, path: Path) -> None:
         if w.shape != tuple(param.shape):
             raise SystemExit(f"{path}: {name} has shape {w.shape}, this head {tuple(param.shape)} (another target or --ff?)")
         n_perm = cfg.n_head if name.endswith("q_proj.weight") else cfg.n_head_kv if name.endswith("k_proj.weight") else 0
-        if n_perm:  # undo convert.permute_rows
-            w = w.reshape(n_perm, w.shape[0] // n_perm // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        if n_perm:
+            w = unpermute_rows(w, n_perm)
         with torch.no_grad():
             param.copy_(torch.from_numpy(np.ascontiguousarray(w)))
 
