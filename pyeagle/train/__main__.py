@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--data", required=True, type=Path, help="data directory made by `data`")
     tp.add_argument("--out", required=True, type=Path, help="new data directory (chunks with taps)")
     tp.add_argument("-m", "--model", help="target GGUF the data was made with")
-    tp.add_argument("--layers", help="three layer ids, low,mid,high (default 2, n_layer/2, n_layer-3)")
+    tp.add_argument("--layers", help="three layer ids, low,mid,high (default 2, n_layer/2, n_layer: the last layer's output)")
     tp.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th chunk from the i-th")
     tp.add_argument("-t", "--threads", type=int, default=1)
     tp.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         taps = None
         if args.taps == "default":
             from .._core import Target
-            n_layer = Target(model, n_ctx=64).n_layer
-            taps = [2, n_layer // 2, n_layer]
+            from .data import default_taps
+            taps = default_taps(Target(model, n_ctx=64).n_layer)
         elif args.taps:
             taps = [int(x) for x in args.taps.split(",")]
             if len(taps) != 3:
