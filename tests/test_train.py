@@ -161,6 +161,18 @@ def test_widening_the_ffn_keeps_the_function():
         tfit.widen_ffn(wide.state_dict(), 48)
 
 
+def test_eagle3_head_starts_by_passing_the_last_layer_output_through():
+    """With tap n_layer (the last layer's output, the EAGLE-1/2 feature) fc starts as that tap's
+    identity plus noise, as the EAGLE-1/2 head's fc starts on the feature; other taps start as noise."""
+    cfg = tfit.HeadConfig(hidden=32, n_head=4, n_head_kv=2, ff=48, eps=1e-5, rope_theta=10000.0, vocab=50,
+                          context_length=64, taps=(0, 1, 2), n_layer=2)
+    torch.manual_seed(0)
+    fc = tfit.Eagle3Head(cfg).fc.weight.detach()
+    assert (fc[:, 64:] - torch.eye(32)).abs().max() < 0.15 and fc[:, :64].abs().max() < 0.15
+    plain = tfit.Eagle3Head(tfit.replace(cfg, taps=(0, 1, 1))).fc.weight.detach()
+    assert plain.abs().max() < 0.15
+
+
 def trained_head(run, tiny_f32):
     """The PyTorch head of a run, its draft vocabulary and the target's output / embedding matrices."""
     _, w, e = tfit.target_config_and_matrices(str(tiny_f32))

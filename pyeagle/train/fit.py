@@ -50,6 +50,7 @@ class HeadConfig:
     vocab: int
     context_length: int
     taps: tuple[int, ...] = ()  # EAGLE-3: the target layers whose inputs feed fc; empty for EAGLE-1/2
+    n_layer: int = 0            # the target's layer count (tap n_layer: the last layer's output)
 
     @property
     def head_dim(self) -> int:
@@ -73,7 +74,7 @@ def target_config_and_matrices(model: str) -> tuple[HeadConfig, np.ndarray, np.n
                      n_head_kv=int(kv("attention.head_count_kv")), ff=int(kv("feed_forward_length")),
                      eps=float(kv("attention.layer_norm_rms_epsilon")),
                      rope_theta=float(kv("rope.freq_base")) if f"{arch}.rope.freq_base" in r.fields else 10000.0,
-                     vocab=w.shape[0], context_length=int(kv("context_length")))
+                     vocab=w.shape[0], context_length=int(kv("context_length")), n_layer=int(kv("block_count")))
     emb = tensors["token_embd.weight"]
     e = w if emb is out else gguf.quants.dequantize(emb.data, emb.tensor_type).astype(np.float32)
     return cfg, w, e
@@ -209,6 +210,11 @@ class Eagle3Head(EagleHead):
         self.cfg = cfg
         self.fc = nn.Linear(3 * h, h, bias=False)
         nn.init.normal_(self.fc.weight, std=0.02)
+        # with the last layer's output among the taps, start as EAGLE-1/2 heads do: fc passes it through
+        with torch.no_grad():
+            for k, layer in enumerate(cfg.taps):
+                if cfg.n_layer and layer == cfg.n_layer:
+                    self.fc.weight[:, k * h:(k + 1) * h] += torch.eye(h)
         self._layer(cfg, 2 * h)
         self.input_layernorm = nn.Parameter(torch.ones(h))
         self.hidden_norm = nn.Parameter(torch.ones(h))
