@@ -182,7 +182,7 @@ def trained_head(run, tiny_f32):
 @pytest.fixture(scope="module")
 def tiny_taps(tiny_f32, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("sd3")
-    assert tdata.add_taps(tiny_data, out, str(tiny_f32), layers=[0, 1, 1], progress=False) == 0
+    assert tdata.add_taps(tiny_data, out, str(tiny_f32), layers=[0, 1, 2], progress=False) == 0
     return out
 
 
@@ -191,12 +191,12 @@ def test_taps_are_the_targets_layer_inputs(tiny_f32, tiny_data, tiny_taps):
     for k in ("tokens", "features", "offsets", "n_prompt"):
         np.testing.assert_array_equal(c[k], src[k])
     assert c["taps"].shape == (len(c["tokens"]), 3 * 64) and c["taps"].dtype == np.float16
-    t = Target(str(tiny_f32), n_ctx=512, tap_layers=[0, 1, 1])
+    t = Target(str(tiny_f32), n_ctx=512, tap_layers=[0, 1, 2])
     t.features = True
     a, b = int(c["offsets"][1]), int(c["offsets"][2])
     t.prefill([int(x) for x in c["tokens"][a:b - 1]])
     np.testing.assert_allclose(t.taps(), c["taps"][a:b - 1].astype(np.float32), atol=2e-2, rtol=2e-2)
-    assert json.loads((tiny_taps / "meta.json").read_text())["taps"] == [0, 1, 1]
+    assert json.loads((tiny_taps / "meta.json").read_text())["taps"] == [0, 1, 2]
     # data without taps cannot train an EAGLE-3 head
     with pytest.raises(SystemExit, match="taps"):
         tfit.fit(tiny_data, tiny_taps.parent / "no-taps", eagle3=True, **fit_kw(tiny_f32))
@@ -244,7 +244,7 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps,
     d = DraftHead(str(out), tgt, n_ctx=256, n_batch=64)
     assert d.n_draft_vocab == len(ids)
     if kind == "eagle3":
-        assert list(d.tap_layers) == [0, 1, 1]
+        assert list(d.tap_layers) == [0, 1, 2]
     d.prefix([int(x) for x in toks], feats, 0)
     np.testing.assert_allclose(d.y(), y_t, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(d.logits()[-1], logits_t[-1], rtol=1e-3, atol=1e-3)
