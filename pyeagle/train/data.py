@@ -181,8 +181,7 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
     bar = tqdm(total=len(queue), unit="conv", disable=not progress, smoothing=0.02)
     n_tok, t0 = 0, time.monotonic()
 
-    def decode_all() -> None:
-        nonlocal n_tok
+    try:
         for s in range(slots):
             refill(s)
         while any(q is not None for q in slot) and time.monotonic() < t_end:
@@ -212,9 +211,6 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
                 bar.update(1)
                 bar.set_postfix(tok_s=f"{n_tok / (time.monotonic() - t0):.0f}", chunks=len(mine) - len(left))
                 refill(s)
-
-    try:
-        decode_all()
     except KeyboardInterrupt:  # written chunks are whole; conversations in flight are redone next time
         print(f"\nstopped: {len(left)} chunks left; the same command continues", file=sys.stderr)
     bar.close()

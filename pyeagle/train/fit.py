@@ -49,7 +49,7 @@ class HeadConfig:
     rope_theta: float
     vocab: int
     context_length: int
-    taps: tuple[int, ...] = ()  # EAGLE-3: the target layers whose inputs feed fc; empty for EAGLE-1/2
+    taps: tuple[int, ...] = ()  # EAGLE-3: the target layers fc reads (inputs; n_layer: the output); () for EAGLE-1/2
     n_layer: int = 0            # the target's layer count (tap n_layer: the last layer's output)
 
     @property
@@ -472,11 +472,11 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
         np.save(vocab_file, ids)
     (run / "config.json").write_text(json.dumps({"head": asdict(cfg), "fit": asdict(fc)}, indent=1))
     coverage = float(np.isin(rows.nexttok[rows.mask], ids).mean())
-    lens = np.diff(rows.seq_start)
-    cut = sum(int(rows.mask[a + seq:b].sum()) for a, b, n in zip(rows.seq_start[:-1], rows.seq_start[1:], lens) if n > seq)
+    cut = sum(int(rows.mask[a + seq:b].sum()) for a, b in zip(rows.seq_start[:-1], rows.seq_start[1:]))
     if cut:  # pack() keeps the first `seq` rows of a sequence
         print(f"note: {cut} of {int(rows.mask.sum())} answer rows ({cut / rows.mask.sum():.0%}) lie beyond --seq {seq} "
-              f"rows into their sequence and are not trained on; the longest sequence has {lens.max()} rows",
+              f"rows into their sequence and are not trained on; the longest sequence has "
+              f"{np.diff(rows.seq_start).max()} rows",
               file=sys.stderr)
 
     torch.manual_seed(seed)
