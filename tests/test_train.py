@@ -15,7 +15,8 @@ from eagle_ref import EagleRef  # noqa: E402
 from pyeagle import DraftHead, Target  # noqa: E402
 from pyeagle.train import data as tdata  # noqa: E402
 from pyeagle.train import fit as tfit  # noqa: E402
-from pyeagle.train.prompts import build_prompts  # noqa: E402
+from pyeagle.train.prompts import build_conversations, build_prompts, load_conversations  # noqa: E402
+from pyeagle.train.varied import build_varied_prompts, shared_runs, vocabulary_words  # noqa: E402
 
 
 def test_prompt_set_is_deterministic_diverse_and_unique():
@@ -25,6 +26,73 @@ def test_prompt_set_is_deterministic_diverse_and_unique():
     text = "\n".join(a)
     for marker in ("function", "Summarize", "poem", "What is", "Solve for x", "Pretend you are"):
         assert marker in text
+
+
+def test_varied_prompt_set_is_deterministic_unique_and_covers_its_kinds():
+    words = ["lantern", "harvest", "compass", "meadow"]
+    a, b = build_varied_prompts(1500, 3, words), build_varied_prompts(1500, 3, words)
+    assert a == b and len(a) == 1500 and len(set(a)) == 1500
+    assert build_varied_prompts(1500, 4, words) != a
+    text = "\n".join(a)
+    for marker in ("Find the bug", "Extract every person", "Pretend you are", "Solve the system", "Write a",
+                   "lantern", "What were the causes"):
+        assert marker in text
+
+
+def test_overlap_check_finds_shared_word_runs():
+    theirs = ["Compose an engaging essay about the rivers of the north and their many bridges."]
+    mine = ["Please compose an engaging essay about the rivers of the north today.", "Write a haiku about tea."]
+    assert shared_runs(mine, theirs, k=8) == [(0, "an engaging essay about the rivers of the")]
+    assert shared_runs(mine, theirs, k=12) == []
+
+
+def test_built_in_prompt_sets_share_no_8_word_run_with_mt_bench():
+    from pyeagle import bench
+    try:
+        mt = [t for line in open(bench.mtbench_file()) for t in json.loads(line)["turns"]]
+    except Exception as e:  # noqa: BLE001 (no network and no cached copy)
+        pytest.skip(f"MT-bench questions not available: {e}")
+    words = vocabulary_words(lambda i: ["", " lantern", " harvest", "xy"][i], 4)
+    assert words == ["harvest", "lantern"]
+    assert shared_runs(build_varied_prompts(3000, 3, words), mt) == []
+    assert shared_runs([t for c in build_conversations(3000, 1, 0.5) for t in c], mt) == []
+
+
+def test_load_conversations_reads_prompts_and_turns(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "hi"}\n\n{"turns": ["a", "b"], "category": "x"}\n')
+    assert load_conversations(f) == [["hi"], ["a", "b"]]
+    f.write_text('{"prompt": "hi"}\n{"question": "no"}\n')
+    with pytest.raises(ValueError, match=":2:"):
+        load_conversations(f)
+    f.write_text("not json\n")
+    with pytest.raises(ValueError, match="not JSON"):
+        load_conversations(f)
+
+
+def test_data_from_a_prompts_file_answers_every_turn(tiny_f32, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"turns": ["the tree", "and the code"]}\n{"prompt": "the model"}\n{"prompt": "unused"}\n')
+    out = tmp_path / "sd"
+    assert tdata.generate(out, str(tiny_f32), n_prompts=2, chunk=2, max_new=6, slots=2, prompts=f,
+                          progress=False) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["prompts"] == "p.jsonl" and meta["n_prompts"] == 2 and len(meta["prompts_sha256"]) == 64
+    c = np.load(out / "chunk-00000.npz")
+    runs = [int((np.diff(np.r_[0, c["answer"][a:b].astype(int)]) == 1).sum())
+            for a, b in zip(c["offsets"][:-1], c["offsets"][1:])]
+    assert runs == [2, 1]
+    f.write_text('{"prompt": "changed"}\n')
+    with pytest.raises(SystemExit, match="holds data made with"):
+        tdata.generate(out, str(tiny_f32), n_prompts=2, chunk=2, max_new=6, slots=2, prompts=f, progress=False)
+
+
+def test_data_with_the_varied_prompt_set(tiny_f32, tmp_path):
+    out = tmp_path / "sd"
+    assert tdata.generate(out, str(tiny_f32), n_prompts=4, chunk=2, max_new=6, slots=4, prompt_set="varied",
+                          follow_ups=0.5, progress=False) == 0
+    assert json.loads((out / "meta.json").read_text())["prompt_set"] == "varied"
+    assert len(list(out.glob("chunk-*.npz"))) == 2
 
 
 @pytest.fixture(scope="module")

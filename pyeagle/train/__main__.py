@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--slots", type=int, default=16, help="conversations decoded at once, in one batch")
     d.add_argument("--taps", help="also record EAGLE-3 inputs of three layers, low,mid,high (n_layer: the last "
                                   "layer's output); 'default': 2, n_layer/2, n_layer")
+    d.add_argument("--prompts", type=Path, help="JSONL conversations instead of the built-in prompt set: "
+                                                "{\"turns\": [...]} or {\"prompt\": ...} a line (--seed and "
+                                                "--follow-ups then do not apply)")
+    d.add_argument("--prompt-set", choices=["templates", "varied"], default="templates",
+                   help="built-in prompts: the first set's templates, or the varied set (docs/TRAINING.md)")
 
     tp = sub.add_parser("taps", help="add EAGLE-3 layer taps to self-distillation data")
     tp.add_argument("--data", required=True, type=Path, help="data directory made by `data`")
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error("--taps takes three layer ids")
         left = generate(args.out, model, n_prompts=args.n_prompts, seed=args.seed, chunk=args.chunk,
                         max_new=args.max_new, shard=(i, n), n_threads=args.threads, minutes=args.minutes,
-                        follow_ups=args.follow_ups, slots=args.slots, taps=taps)
+                        follow_ups=args.follow_ups, slots=args.slots, taps=taps, prompts=args.prompts,
+                        prompt_set=args.prompt_set)
         print(f"shard {i}/{n}: {left} chunks left" if left else f"shard {i}/{n}: complete")
         return 0
     if args.cmd == "taps":

@@ -22,6 +22,7 @@ A chunk holds, for its sequences concatenated:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ import numpy as np
 
 from .._core import BatchDecoder, Target
 from ..template import ChatTemplate
-from .prompts import build_conversations, build_prompts
+from .prompts import build_conversations, build_prompts, load_conversations, with_follow_ups
 
 
 def chunk_path(out: Path, c: int) -> Path:
@@ -95,7 +96,8 @@ class _Conversation:
 
 def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk: int = 40, max_new: int = 256,
              shard: tuple[int, int] = (0, 1), n_threads: int = 1, minutes: float = 0.0, progress: bool = True,
-             follow_ups: float = 0.0, slots: int = 16, n_ctx_slot: int = 2048, taps: list[int] | None = None) -> int:
+             follow_ups: float = 0.0, slots: int = 16, n_ctx_slot: int = 2048, taps: list[int] | None = None,
+             prompts: Path | None = None, prompt_set: str = "templates") -> int:
     """Writes the missing chunks of this shard; returns how many chunks are still missing.
 
     The target answers `slots` conversations at once (BatchDecoder: one llama_decode per step for
@@ -103,16 +105,33 @@ def generate(out: Path, model: str, n_prompts: int = 4000, seed: int = 0, chunk:
     follow_ups > 0 that share of the conversations has a second user turn, answered with the first
     answer as context, as a chat user sees it. A chunk is written once all its conversations end.
     With taps (three layer ids; n_layer: the last layer's output) the chunks also hold EAGLE-3
-    inputs, recorded in the same pass."""
+    inputs, recorded in the same pass. With `prompts` (a JSONL file, prompts.load_conversations)
+    the conversations are that file's first n_prompts, not a built-in set; prompt_set "varied"
+    takes varied.build_varied_prompts instead of the first set's templates."""
     out.mkdir(parents=True, exist_ok=True)
-    convs = build_conversations(n_prompts, seed, follow_ups) if follow_ups > 0 else [[p] for p in build_prompts(n_prompts, seed)]
-    meta = dict(model=os.path.basename(model), n_prompts=n_prompts, seed=seed, chunk=chunk, max_new=max_new)
-    if follow_ups > 0:
-        meta["follow_ups"] = follow_ups
+    t = Target(model, n_ctx=64, n_threads=n_threads)
+    if prompts is not None:
+        raw = Path(prompts).read_bytes()
+        convs = load_conversations(prompts)[:n_prompts]
+        meta = dict(model=os.path.basename(model), prompts=os.path.basename(prompts),
+                    prompts_sha256=hashlib.sha256(raw).hexdigest(), n_prompts=len(convs), chunk=chunk, max_new=max_new)
+    else:
+        if prompt_set == "varied":
+            from .varied import build_varied_prompts, vocabulary_words
+            words = vocabulary_words(lambda i: t.detokenize([i]).decode("utf-8", errors="replace"), t.n_vocab)
+            convs = with_follow_ups(build_varied_prompts(n_prompts, seed, words), seed, follow_ups)
+        elif prompt_set == "templates":
+            convs = build_conversations(n_prompts, seed, follow_ups) if follow_ups > 0 else [[p] for p in build_prompts(n_prompts, seed)]
+        else:
+            raise ValueError(f"unknown prompt set {prompt_set!r} (templates, varied)")
+        meta = dict(model=os.path.basename(model), n_prompts=n_prompts, seed=seed, chunk=chunk, max_new=max_new)
+        if follow_ups > 0:
+            meta["follow_ups"] = follow_ups
+        if prompt_set != "templates":
+            meta["prompt_set"] = prompt_set
     if taps:
         meta["taps"] = list(taps)
     _check_meta(out, meta)
-    t = Target(model, n_ctx=64, n_threads=n_threads)
     tmpl = ChatTemplate.from_target(t)
     n_chunks = (len(convs) + chunk - 1) // chunk
     mine = [c for c in range(n_chunks) if c % shard[1] == shard[0] and not chunk_path(out, c).exists()]

@@ -13,6 +13,7 @@ out), the numbers in math prompts are random.
 from __future__ import annotations
 
 import importlib
+import json
 import random
 import warnings
 
@@ -247,5 +248,33 @@ FOLLOW_UPS = [
 def build_conversations(n: int = 4000, seed: int = 0, p_follow_up: float = 0.5) -> list[list[str]]:
     """User turns of n conversations: build_prompts' first turns, and with probability
     p_follow_up a second turn from FOLLOW_UPS. Deterministic for a given seed."""
+    return with_follow_ups(build_prompts(n, seed), seed, p_follow_up)
+
+
+def with_follow_ups(prompts: list[str], seed: int, p_follow_up: float) -> list[list[str]]:
+    """Each prompt as a conversation; with probability p_follow_up a second turn from FOLLOW_UPS."""
     rng = random.Random(seed + 7919)
-    return [[p, rng.choice(FOLLOW_UPS)] if rng.random() < p_follow_up else [p] for p in build_prompts(n, seed)]
+    return [[p, rng.choice(FOLLOW_UPS)] if rng.random() < p_follow_up else [p] for p in prompts]
+
+
+def load_conversations(path) -> list[list[str]]:
+    """User turns from a JSONL file, one conversation a line: {"turns": [...]} (every turn is
+    answered in order, each with the earlier answers as context) or {"prompt": "..."}."""
+    out: list[list[str]] = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i + 1}: not JSON ({e})") from None
+            turns = obj.get("turns") if isinstance(obj, dict) else None
+            if turns is None and isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+                turns = [obj["prompt"]]
+            if not turns or not all(isinstance(x, str) and x for x in turns):
+                raise ValueError(f"{path}:{i + 1}: a line needs \"prompt\" or non-empty \"turns\"")
+            out.append(list(turns))
+    if not out:
+        raise ValueError(f"{path}: no conversations")
+    return out
