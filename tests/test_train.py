@@ -130,6 +130,23 @@ def test_data_chunks_are_resumable_and_deterministic(tiny_f32, tiny_data, tmp_pa
         tdata.generate(copy, str(tiny_f32), n_prompts=12, chunk=3, max_new=99, progress=False)
 
 
+def test_several_data_directories_load_in_order_and_must_share_a_target(tiny_data, tmp_path):
+    import shutil
+    other = tmp_path / "round2"
+    other.mkdir()
+    shutil.copy(tiny_data / "chunk-00001.npz", other / "chunk-00000.npz")
+    shutil.copy(tiny_data / "meta.json", other / "meta.json")
+    one, both = tdata.load(tiny_data), tdata.load([tiny_data, other])
+    assert len(both) == len(one) + 1
+    np.testing.assert_array_equal(both[-1]["tokens"], one[1]["tokens"])
+    meta = json.loads((tiny_data / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "model": "another.gguf"}))
+    with pytest.raises(SystemExit, match="do not mix"):
+        tdata.load([tiny_data, other])
+    with pytest.raises(FileNotFoundError, match="no chunk"):
+        tdata.load([tiny_data, tmp_path])
+
+
 def fit_kw(tiny_f32):
     return dict(model=str(tiny_f32), draft_vocab=100, epochs=2, lr=1e-3, seq=64, batch=2, seed=3, n_threads=1,
                 progress=False)

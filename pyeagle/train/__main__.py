@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
 
     f = sub.add_parser("fit", help="train the head")
-    f.add_argument("--data", required=True, type=Path)
+    f.add_argument("--data", required=True, type=Path, nargs="+",
+                   help="data directory, or several (their chunks in the order given)")
     f.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, log)")
     f.add_argument("-m", "--model", help="target GGUF the data was made with")
     f.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary (0: full)")
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     v = sub.add_parser("eval", help="held-out agreement of a trained head (top-1, chains of drafts)")
     v.add_argument("--run", required=True, type=Path, help="run directory, or an EAGLE-1/2 head GGUF (data it never saw)")
-    v.add_argument("--data", required=True, type=Path)
+    v.add_argument("--data", required=True, type=Path, nargs="+",
+                   help="data directory, or several; give a run the --data it was fitted on for its held-out split")
     v.add_argument("-m", "--model", help="target GGUF")
     v.add_argument("--depth", type=int, default=4)
     v.add_argument("--all", action="store_true", help="every sequence of --data (data the run never saw)")

@@ -275,9 +275,21 @@ def add_taps(src: Path, out: Path, model: str, layers: list[int] | None = None, 
     return len(todo) - done
 
 
-def load(directory: Path) -> list[dict[str, np.ndarray]]:
-    """All chunks of a data directory, in order."""
-    files = sorted(Path(directory).glob("chunk-[0-9][0-9][0-9][0-9][0-9].npz"))
-    if not files:
-        raise FileNotFoundError(f"no chunk-*.npz in {directory}: run `python -m pyeagle.train data` first")
+def load(directories: Path | list[Path]) -> list[dict[str, np.ndarray]]:
+    """All chunks of one data directory, or of several in the order given (e.g. two rounds of
+    data: `fit --data round2 round3`), each in chunk order. Directories whose meta.json names
+    different targets or different EAGLE-3 taps do not mix."""
+    dirs = [Path(d) for d in ([directories] if isinstance(directories, (str, Path)) else directories)]
+    files, seen = [], {}
+    for d in dirs:
+        found = sorted(d.glob("chunk-[0-9][0-9][0-9][0-9][0-9].npz"))
+        if not found:
+            raise FileNotFoundError(f"no chunk-NNNNN.npz in {d}: run `python -m pyeagle.train data` first")
+        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+        for key in ("model", "taps"):
+            if key in seen and meta.get(key) != seen[key][1]:
+                raise SystemExit(f"{d} was made with {key} {meta.get(key)!r}, {seen[key][0]} with "
+                                 f"{seen[key][1]!r}: data of different targets or taps do not mix")
+            seen.setdefault(key, (d, meta.get(key)))
+        files += found
     return [dict(np.load(f)) for f in files]

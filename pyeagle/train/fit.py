@@ -425,7 +425,7 @@ def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tens
     return out
 
 
-def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: float = 4, lr: float = 3e-4,
+def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8192, epochs: float = 4, lr: float = 3e-4,
         seq: int = 512, batch: int = 4, seed: int = 0, n_threads: int = 0, minutes: float = 0,
         steps: int = 0, save_every_s: float = 300, progress: bool = True, unroll: int = 1,
         init: Path | None = None, bf16: bool = False, token_weight: float = P_WEIGHT, ff: int = 0,
@@ -451,7 +451,7 @@ def fit(data_dir: Path, run: Path, model: str, draft_vocab: int = 8192, epochs: 
         cfg = replace(cfg, ff=ff)
     rows = build_rows(load(data_dir))
     if eagle3:
-        meta_file = Path(data_dir) / "meta.json"
+        meta_file = (Path(data_dir) if isinstance(data_dir, (str, Path)) else Path(data_dir[0])) / "meta.json"
         layers = json.loads(meta_file.read_text()).get("taps") if meta_file.exists() else None
         if rows.taps is None or not layers:
             raise SystemExit(f"{data_dir} has no EAGLE-3 taps: run `python -m pyeagle.train taps` on it first")
@@ -633,7 +633,7 @@ def load_head(run: Path) -> EagleHead:
     return head
 
 
-def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
+def _held_out(run: Path, data_dir: Path | list[Path], model: str, seq: int, all_seqs: bool):
     """The head of `run` and packed windows of held-out data: the run's own held-out split when
     data_dir is its data, or every sequence with all_seqs (data it never saw)."""
     cfg, w_full, e_full = target_config_and_matrices(model)
@@ -661,7 +661,7 @@ def _held_out(run: Path, data_dir: Path, model: str, seq: int, all_seqs: bool):
     return head, rows, pack(rows, seqs, seq), torch.from_numpy(e_full), torch.from_numpy(w_full[ids]), to_draft
 
 
-def evaluate_run(run: Path, data_dir: Path, model: str, depth: int = 4, seq: int = 512, n_threads: int = 0,
+def evaluate_run(run: Path, data_dir: Path | list[Path], model: str, depth: int = 4, seq: int = 512, n_threads: int = 0,
                  all_seqs: bool = False, calibrate_too: bool = False) -> dict:
     """Held-out agreement (see evaluate) of the head in `run` on `data_dir`. With calibrate_too,
     also the logit temperature (see evaluate), saved to RUN/calibration.json for export."""
