@@ -251,8 +251,7 @@ def add_taps(src: Path, out: Path, model: str, layers: list[int] | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     layers = layers or default_taps(Target(model, n_ctx=64).n_layer)
     t = Target(model, n_ctx=2048, n_threads=n_threads, n_batch=512, tap_layers=layers)
-    src_meta = json.loads((Path(src) / "meta.json").read_text()) if (Path(src) / "meta.json").exists() else {}
-    _check_meta(out, {**src_meta, "taps": list(layers)})
+    _check_meta(out, {**read_meta(src), "taps": list(layers)})
     t.features = True
     files = sorted(Path(src).glob("chunk-[0-9][0-9][0-9][0-9][0-9].npz"))
     todo = [f for i, f in enumerate(files) if i % shard[1] == shard[0] and not (out / f.name).exists()]
@@ -275,21 +274,32 @@ def add_taps(src: Path, out: Path, model: str, layers: list[int] | None = None, 
     return len(todo) - done
 
 
+def data_dirs(directories: Path | list[Path]) -> list[Path]:
+    """One data directory or several, as a list."""
+    return [Path(d) for d in ([directories] if isinstance(directories, (str, Path)) else directories)]
+
+
+def read_meta(directory: Path) -> dict:
+    """A data directory's meta.json ({} if it has none)."""
+    meta_file = Path(directory) / "meta.json"
+    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+
+
 def load(directories: Path | list[Path]) -> list[dict[str, np.ndarray]]:
     """All chunks of one data directory, or of several in the order given (e.g. two rounds of
     data: `fit --data round2 round3`), each in chunk order. Directories whose meta.json names
     different targets or different EAGLE-3 taps do not mix."""
-    dirs = [Path(d) for d in ([directories] if isinstance(directories, (str, Path)) else directories)]
-    files, seen = [], {}
+    dirs = data_dirs(directories)
+    first = read_meta(dirs[0])
+    files = []
     for d in dirs:
         found = sorted(d.glob("chunk-[0-9][0-9][0-9][0-9][0-9].npz"))
         if not found:
             raise FileNotFoundError(f"no chunk-NNNNN.npz in {d}: run `python -m pyeagle.train data` first")
-        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+        meta = read_meta(d)
         for key in ("model", "taps"):
-            if key in seen and meta.get(key) != seen[key][1]:
-                raise SystemExit(f"{d} was made with {key} {meta.get(key)!r}, {seen[key][0]} with "
-                                 f"{seen[key][1]!r}: data of different targets or taps do not mix")
-            seen.setdefault(key, (d, meta.get(key)))
+            if meta.get(key) != first.get(key):
+                raise SystemExit(f"{d} was made with {key} {meta.get(key)!r}, {dirs[0]} with "
+                                 f"{first.get(key)!r}: data of different targets or taps do not mix")
         files += found
     return [dict(np.load(f)) for f in files]

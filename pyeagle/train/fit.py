@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import load
+from .data import data_dirs, load, read_meta
 
 P_WEIGHT, V_WEIGHT, NOISE = 0.1, 1.0, 0.1
 
@@ -451,8 +451,7 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
         cfg = replace(cfg, ff=ff)
     rows = build_rows(load(data_dir))
     if eagle3:
-        meta_file = (Path(data_dir) if isinstance(data_dir, (str, Path)) else Path(data_dir[0])) / "meta.json"
-        layers = json.loads(meta_file.read_text()).get("taps") if meta_file.exists() else None
+        layers = read_meta(data_dirs(data_dir)[0]).get("taps")  # load() checked that every directory agrees
         if rows.taps is None or not layers:
             raise SystemExit(f"{data_dir} has no EAGLE-3 taps: run `python -m pyeagle.train taps` on it first")
         cfg = replace(cfg, taps=tuple(layers))
