@@ -217,7 +217,16 @@ PYBIND11_MODULE(_core, m) {
                  return out;
              }, "the tapped layers' rows of the last step, [rows, n_taps * n_embd], low to high")
         .def("truncate", &batch_decoder::truncate, py::arg("slot"), py::arg("n_keep"),
-             py::call_guard<py::gil_scoped_release>());
+             py::call_guard<py::gil_scoped_release>())
+        .def("set_sampling", [](batch_decoder & b, float temperature, float top_p, int32_t top_k, uint64_t seed) {
+                 sampling_params sp;
+                 sp.temperature = temperature;
+                 sp.top_p = top_p;
+                 sp.top_k = top_k;
+                 sp.seed = seed;
+                 b.set_sampling(sp);
+             }, py::arg("temperature"), py::arg("top_p") = 1.0f, py::arg("top_k") = 0, py::arg("seed") = 0,
+             "temperature 0: step() returns greedy tokens (the default); > 0: sampled ones");
 
     py::class_<draft_head>(m, "DraftHead")
         .def(py::init([](const std::string & path, const target & tgt, int32_t n_ctx, int32_t n_batch) {

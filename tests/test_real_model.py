@@ -94,3 +94,22 @@ def test_every_divergence_is_a_near_tie(target_path, head_path):
         assert 0 <= gap <= noise, f"{text!r}: diverged at {pos} with plain logit gap {gap:.4f} > noise {noise:.4f}"
     print(f"kernel noise {noise:.4f}; divergences (prompt, position, plain logit gap): {report}")
     assert noise < 1.0, f"kernel noise {noise} is implausibly large"
+
+
+def test_magpie_prompts_are_user_requests_and_resume(target_path, tmp_path):
+    """`train prompts`: the target writes user requests from its template's user-turn prefix; the
+    file is the `data --prompts` format, and a stopped run (a cut last line) continues it."""
+    import json
+
+    from pyeagle.train.magpie import synthesize
+    from pyeagle.train.prompts import load_conversations
+    out = tmp_path / "magpie.jsonl"
+    assert synthesize(out, target_path, 4, seed=1, slots=4, n_threads=2, follow_ups=1.0, progress=False) == 0
+    first = load_conversations(out)
+    assert len(first) == 4 and len({c[0] for c in first}) == 4
+    for turns in first:
+        assert len(turns) == 2 and len(turns[0].split()) >= 4 and "<|" not in turns[0]
+    out.write_text(out.read_text() + '{"turns": ["cut sh')  # a stop in the middle of a line
+    assert synthesize(out, target_path, 6, seed=1, slots=4, n_threads=2, progress=False) == 0
+    again = [json.loads(line)["turns"] for line in out.read_text().splitlines()]
+    assert again[:4] == first and len(again) == 6 and all(len(c) == 1 for c in again[4:])

@@ -251,3 +251,39 @@ def test_tokens_two_to_four_over_several_rounds_follow_the_target(broad, tempera
         assert p < ALPHA, f"a rule broken at depth 2 went undetected: p = {p:.2e}"
     else:
         assert p > ALPHA, f"p = {p:.2e}"
+
+
+def test_batch_decoder_samples_the_targets_distribution(peaked):
+    """BatchDecoder.set_sampling (Magpie prompt synthesis): each slot's sampled token follows
+    softmax(logits / T) after top-k/top-p, seeded; temperature 0 or top-k 1 stays greedy."""
+    from pyeagle._core import BatchDecoder
+    t = Target(peaked, **EXACT)
+    prompt = t.tokenize(PROMPT.encode(), add_special=True, parse_special=False)
+    t.prefill(prompt)
+    logits = t.last_logits()
+    slots = 64
+
+    def sample(rounds: int, **sp) -> list[int]:
+        b = BatchDecoder(t, slots, 64, 512, 1)
+        if sp:
+            b.set_sampling(**sp)
+        out = []
+        for _ in range(rounds):
+            nxt, _ = b.step([list(prompt)] * slots)
+            out += [int(x) for x in nxt]
+            for s in range(slots):
+                b.truncate(s, 0)
+        return out
+
+    greedy = int(np.argmax(logits))
+    assert set(sample(1)) == {greedy}
+    assert set(sample(1, temperature=1.5, top_k=1, seed=3)) == {greedy}
+    a = sample(32, temperature=1.5, top_p=0.95, seed=7)
+    assert a == sample(32, temperature=1.5, top_p=0.95, seed=7) and a != sample(32, temperature=1.5, top_p=0.95, seed=8)
+    p = processed(logits, 1.5, 0.95, 0)
+    exact = {(int(i), 0): float(p[i]) for i in np.nonzero(p > 1e-12)[0]}
+    assert chi_square_p([(x, 0) for x in a], exact) > ALPHA
+    wrong = processed(logits, 1.0, 1.0, 0)  # power: the same samples against another temperature
+    assert chi_square_p([(x, 0) for x in a], {(int(i), 0): float(wrong[i]) for i in np.nonzero(wrong > 1e-12)[0]}) < ALPHA
+    with pytest.raises(ValueError, match="out of range"):
+        BatchDecoder(t, 2, 64, 512, 1).set_sampling(temperature=1.0, top_p=0.0)

@@ -67,6 +67,15 @@ bool batch_decoder::final_tap_eval(ggml_tensor * t, bool ask, void * data) {
     return true;
 }
 
+void batch_decoder::set_sampling(const sampling_params & sp) {
+    if (!(sp.temperature >= 0.0f) || !(sp.top_p > 0.0f && sp.top_p <= 1.0f) || sp.top_k < 0) {
+        throw std::invalid_argument(format("set_sampling: temperature %g, top_p %g, top_k %d out of range",
+                                           sp.temperature, sp.top_p, sp.top_k));
+    }
+    sampling_ = sp;
+    rng_.seed(sp.seed);
+}
+
 void batch_decoder::truncate(int32_t slot, int32_t n_keep) {
     if (slot < 0 || slot >= n_slots_) throw std::invalid_argument(format("truncate: slot %d outside [0, %d)", slot, n_slots_));
     if (n_keep < 0 || (size_t) n_keep > past_[slot]) {
@@ -129,7 +138,12 @@ std::vector<llama_token> batch_decoder::step(const std::vector<std::vector<llama
             std::memcpy(hidden_.data() + dest[i] * n_embd_, h, sizeof(float) * n_embd_);
             if (last_of[i] < 0) continue;
             const float * l = llama_get_logits_ith(ctx_.get(), i);
-            next[last_of[i]] = (llama_token) (std::max_element(l, l + n_vocab_) - l);
+            if (sampling_.temperature > 0.0f) {
+                target_probs(l, n_vocab_, sampling_, probs_);
+                next[last_of[i]] = (llama_token) sample(probs_, rng_);
+            } else {
+                next[last_of[i]] = (llama_token) (std::max_element(l, l + n_vocab_) - l);
+            }
             last_of[i] = -1;
         }
         n = 0;

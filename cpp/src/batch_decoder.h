@@ -4,11 +4,13 @@
 // its own KV stream (kv_unified off), so each token attends over its own sequence only, as a
 // single-sequence decode would. step() appends each slot's pending tokens, all slots in as few
 // llama_decode calls as n_batch allows; every fed token is an output row, so its post-norm
-// hidden state (the EAGLE-1/2 feature) is recorded, and every fed slot gets its greedy next token.
+// hidden state (the EAGLE-1/2 feature) is recorded, and every fed slot gets its greedy next token
+// (or, after set_sampling with a temperature > 0, a sampled one: Magpie-style prompt synthesis).
 // With tap_layers, the inputs of those layers (n_layer: the last layer's output, before the final
 // norm) are recorded too, for EAGLE-3 heads.
 #pragma once
 
+#include "sampling.h"
 #include "target.h"
 
 #include <memory>
@@ -38,6 +40,9 @@ public:
 
     void truncate(int32_t slot, int32_t n_keep);  // drops slot's tokens n_keep..
 
+    // temperature 0 (the default): step() returns greedy tokens; > 0: samples (top-k, top-p, seed)
+    void set_sampling(const sampling_params & sp);
+
 private:
     static bool final_tap_eval(ggml_tensor * t, bool ask, void * data);  // llama.cpp's cb_eval
 
@@ -51,6 +56,9 @@ private:
     std::string final_tap_name_;    // graph tensor of the tap n_layer ("" when not tapped)
     std::vector<float> final_tap_;  // [n_tokens, n_embd] of the last decode
     std::vector<float> taps_;
+    sampling_params sampling_;
+    std::mt19937_64 rng_;
+    std::vector<float> probs_;
 };
 
 }  // namespace pyeagle

@@ -1,5 +1,6 @@
 """python -m pyeagle.train {data,taps,fit,eval,export}: train an EAGLE head for a GGUF target.
 
+  prompts Magpie-style prompts: the target writes user requests itself (JSONL for `data --prompts`)
   data    self-distillation: the target answers the built-in prompt set; features are recorded
   taps    adds EAGLE-3 inputs (three target layers) to that data, one batched pass per sequence
   fit     trains the head on that data (PyTorch, CPU is enough for small targets); resumable
@@ -21,6 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pyeagle.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    pr = sub.add_parser("prompts", help="the target writes user requests (Magpie); JSONL for `data --prompts`")
+    pr.add_argument("--out", required=True, type=Path, help="JSONL file; a stopped run continues it")
+    pr.add_argument("-m", "--model", help="target GGUF (default: the embedded default target)")
+    pr.add_argument("-n", "--n-prompts", type=int, default=2000)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--temperature", type=float, default=1.0)
+    pr.add_argument("--top-p", type=float, default=0.95)
+    pr.add_argument("--max-len", type=int, default=160, help="tokens; a request not ended by then is dropped")
+    pr.add_argument("--follow-ups", type=float, default=0.5, help="share of requests given a built-in second turn")
+    pr.add_argument("--slots", type=int, default=48, help="requests sampled at once, in one batch")
+    pr.add_argument("-t", "--threads", type=int, default=0)
+    pr.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
+    pr.add_argument("--exclude", type=Path, nargs="*",
+                    help="JSONL prompt files no request may share an 8-word run with (default: MT-bench's "
+                         "questions and benchmarks/prompts/coding.jsonl)")
+
     d = sub.add_parser("data", help="generate self-distillation data")
     d.add_argument("--out", required=True, type=Path)
     d.add_argument("-m", "--model", help="target GGUF (default: the embedded default target)")
@@ -115,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                         follow_ups=args.follow_ups, slots=args.slots, taps=taps, prompts=args.prompts,
                         prompt_set=args.prompt_set)
         print(f"shard {i}/{n}: {left} chunks left" if left else f"shard {i}/{n}: complete")
+        return 0
+    if args.cmd == "prompts":
+        from .. import models
+        from .magpie import evaluation_prompts, synthesize
+        left = synthesize(args.out, args.model or str(models.default_target()), args.n_prompts, seed=args.seed,
+                          temperature=args.temperature, top_p=args.top_p, max_len=args.max_len, slots=args.slots,
+                          n_threads=args.threads, follow_ups=args.follow_ups, minutes=args.minutes,
+                          exclude=evaluation_prompts(args.exclude))
+        print(f"{left} prompts left" if left else f"complete: {args.out}")
         return 0
     if args.cmd == "taps":
         from .. import models
