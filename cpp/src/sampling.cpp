@@ -34,11 +34,21 @@ void target_probs(const float * logits, int32_t n, const sampling_params & sp, s
     if (sp.top_p < 1.0f) {
         std::vector<int32_t> idx;
         for (int32_t i = 0; i < n; ++i) if (p[i] > 0) idx.push_back(i);
-        std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+        auto before = [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };  // a total order
         const double target_mass = sp.top_p * sum;
+        // The nucleus is a prefix of idx in that order. Order only the best m (nth_element, then
+        // sort: exactly the first m of a full sort) and widen m until they hold the mass: the
+        // same set and the same sum as sorting everything, without sorting the whole vocabulary.
         double acc = 0;
         size_t keep = 0;
-        while (keep < idx.size() && acc < target_mass) acc += p[idx[keep++]];
+        for (size_t m = std::min<size_t>(idx.size(), 256);; m = std::min(idx.size(), m * 8)) {
+            std::nth_element(idx.begin(), idx.begin() + (m - 1), idx.end(), before);
+            std::sort(idx.begin(), idx.begin() + m, before);
+            acc = 0;
+            keep = 0;
+            while (keep < m && acc < target_mass) acc += p[idx[keep++]];
+            if (acc >= target_mass || m == idx.size()) break;
+        }
         for (size_t j = keep; j < idx.size(); ++j) p[idx[j]] = 0.0f;
         sum = acc;
     }
