@@ -285,5 +285,11 @@ def test_batch_decoder_samples_the_targets_distribution(peaked):
     assert chi_square_p([(x, 0) for x in a], exact) > ALPHA
     wrong = processed(logits, 1.0, 1.0, 0)  # power: the same samples against another temperature
     assert chi_square_p([(x, 0) for x in a], {(int(i), 0): float(wrong[i]) for i in np.nonzero(wrong > 1e-12)[0]}) < ALPHA
+    # a nucleus wider than the 256 tokens top-p orders first: the widened order keeps exactly it
+    nucleus = processed(logits, 8.0, 0.97, 0) > 0
+    assert nucleus.sum() > 256
+    wide = sample(16, temperature=8.0, top_p=0.97, seed=2)
+    rank = np.argsort(np.lexsort((np.arange(len(logits)), -logits.astype(np.float64))))
+    assert all(nucleus[x] for x in wide) and max(rank[x] for x in wide) >= 256
     with pytest.raises(ValueError, match="out of range"):
         BatchDecoder(t, 2, 64, 512, 1).set_sampling(temperature=1.0, top_p=0.0)
