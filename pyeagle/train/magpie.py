@@ -67,7 +67,10 @@ def evaluation_prompts(files: list[Path] | None = None) -> list[str]:
             coding = Path("benchmarks/prompts/coding.jsonl")
         if coding.exists():
             files.append(coding)
-    return [turn for f in files for conv in load_conversations(f) for turn in conv]
+    turns = [turn for f in files for conv in load_conversations(f) for turn in conv]
+    print(f"excluding requests that share 8 words with {len(turns)} turns of {', '.join(map(str, files))}",
+          file=sys.stderr)
+    return turns
 
 
 def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float = 1.0, top_p: float = 0.95,
