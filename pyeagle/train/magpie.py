@@ -27,7 +27,7 @@ from pathlib import Path
 from .._core import BatchDecoder, Target
 from ..template import ChatTemplate
 from .prompts import FOLLOW_UPS
-from .varied import shared_runs
+from .varied import word_runs
 
 _SENTINEL = "\x00PYEAGLE-USER\x00"
 
@@ -90,7 +90,7 @@ def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float 
     b = BatchDecoder(t, slots, len(prefix) + max_len + 8, 512, n_threads)
     b.set_sampling(temperature, top_p, 0, seed * 1_000_003 + len(have))  # a resumed run draws anew
     rng = random.Random(seed * 7919 + len(have))
-    exclude = exclude or []
+    excluded = set().union(*(word_runs(e) for e in exclude)) if exclude else set()  # once, not per request
     detok = lambda ids: t.detokenize(ids).decode("utf-8", errors="replace")  # noqa: E731
     gen: list[list[int]] = [[] for _ in range(slots)]
     feeds = [list(prefix) for _ in range(slots)]
@@ -113,7 +113,7 @@ def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float 
                             continue
                     text = detok(gen[s]).strip()
                     why = ("cut" if not done else "short" if len(text.split()) < min_words or "<|" in text
-                           else "repeat" if _key(text) in seen else "overlap" if shared_runs([text], exclude) else "kept")
+                           else "repeat" if _key(text) in seen else "overlap" if word_runs(text) & excluded else "kept")
                     stats[why] += 1
                     if why == "kept" and count < n:
                         seen.add(_key(text))

@@ -314,15 +314,18 @@ def build_varied_prompts(n: int, seed: int, words: list[str]) -> list[str]:
     return out
 
 
+def word_runs(s: str, k: int = 8) -> set[tuple[str, ...]]:
+    """Every run of k consecutive words of s (lower case, letters, digits and apostrophes)."""
+    w = re.findall(r"[a-z0-9']+", s.lower())
+    return {tuple(w[i:i + k]) for i in range(len(w) - k + 1)}
+
+
 def shared_runs(prompts: list[str], others: list[str], k: int = 8) -> list[tuple[int, str]]:
     """(index, run) for every prompt that shares a run of k words with any of `others`."""
-    def grams(s: str) -> set[tuple[str, ...]]:
-        w = re.findall(r"[a-z0-9']+", s.lower())
-        return {tuple(w[i:i + k]) for i in range(len(w) - k + 1)}
-    theirs: set[tuple[str, ...]] = set().union(*(grams(o) for o in others)) if others else set()
+    theirs: set[tuple[str, ...]] = set().union(*(word_runs(o, k) for o in others)) if others else set()
     hits = []
     for i, p in enumerate(prompts):
-        common = grams(p) & theirs
+        common = word_runs(p, k) & theirs
         if common:
             hits.append((i, " ".join(sorted(common)[0])))
     return hits
