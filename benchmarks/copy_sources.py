@@ -1,7 +1,9 @@
-"""Copy-draft sources side by side: prompt lookup against the suffix tree, each alone (no head) and
-with the head, under the round policy; per category and overall, in one run.
+"""Copy-draft sources side by side: prompt lookup against the suffix tree, and with or without the
+engine's earlier outputs (the store), each alone (no head) and with the head, under the round
+policy; per category and overall, in one run.
 
     python benchmarks/copy_sources.py [--prompts FILE.jsonl] [--limit N] [-n 256] [-t 2] [--json OUT]
+                                      [--configs NAME,NAME,...]
 
 Each prompt is decoded plainly, then by each configuration, back to back (so that drifting machine
 load hits them alike). Every configuration has its own engine, so that what one learns (its
@@ -20,10 +22,12 @@ from pyeagle.bench import load_prompts, mtbench_file, progress
 from pyeagle.template import ChatTemplate
 
 CONFIGS = {
-    "lookup alone": dict(copy_only=True, suffix=False),
-    "suffix tree alone": dict(copy_only=True, suffix=True),
-    "head + lookup (default)": dict(suffix=False),
-    "head + suffix tree": dict(suffix=True),
+    "lookup alone": dict(copy_only=True, suffix=False, store=False),
+    "lookup + store alone": dict(copy_only=True, suffix=False, store=True),
+    "suffix tree alone": dict(copy_only=True, suffix=True, store=False),
+    "head + lookup (default)": dict(suffix=False, store=False),
+    "head + lookup + store": dict(suffix=False, store=True),
+    "head + suffix tree": dict(suffix=True, store=False),
 }
 
 
@@ -38,18 +42,28 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=256, help="new tokens per prompt")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--json", help="write per-prompt results here")
+    ap.add_argument("--configs", help="comma-separated configuration names (default: all): " + ", ".join(CONFIGS))
     args = ap.parse_args()
+    configs = CONFIGS
+    if args.configs:
+        names = [n.strip() for n in args.configs.split(",")]
+        unknown = [n for n in names if n not in CONFIGS]
+        if unknown:
+            ap.error(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
+        configs = {n: CONFIGS[n] for n in names}
     prompts = load_prompts(args.prompts or mtbench_file())
     if args.limit:
         prompts = prompts[:args.limit]
     plain_eng = Engine(n_threads=args.threads, draft=None)
-    engines = {name: Engine(n_threads=args.threads, **kw) for name, kw in CONFIGS.items()}
+    # each engine keeps its own outputs (remember, the default), as a live engine answering these
+    # prompts one after the other would: the store configurations copy from the earlier answers
+    engines = {name: Engine(n_threads=args.threads, **kw) for name, kw in configs.items()}
     template = ChatTemplate.from_target(plain_eng.target, None)
     rows = []
     for p in progress("prompts", prompts):
         ids = plain_eng.tokenize(template.render([{"role": "user", "content": p.question}]))
         plain_eng.reset()
-        plain = plain_eng.generate(ids, max_tokens=args.n, draft=False).stats
+        plain = plain_eng.generate(ids, max_tokens=args.n, draft=False, remember=False).stats
         row = {"id": p.id, "category": p.category, "plain_tps": plain.tokens_per_s}
         for name, eng in engines.items():
             eng.reset()
@@ -59,12 +73,12 @@ def main() -> int:
         rows.append(row)
     cats = sorted({r["category"] for r in rows}) + ["**overall**"]
     print(f"# Copy-draft sources: {len(rows)} prompts, {args.n} new tokens, greedy, {args.threads} threads\n")
-    head = ["category"] + [f"{n}: speed" for n in CONFIGS] + [f"{n}: tau" for n in CONFIGS]
+    head = ["category"] + [f"{n}: speed" for n in configs] + [f"{n}: tau" for n in configs]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for c in cats:
         rs = [r for r in rows if c == "**overall**" or r["category"] == c]
-        speed = [gmean([r[n]["tps"] / r["plain_tps"] for r in rs]) for n in CONFIGS]
-        tau = [sum(r[n]["tokens"] - 1 for r in rs) / max(sum(r[n]["passes"] for r in rs), 1) for n in CONFIGS]
+        speed = [gmean([r[n]["tps"] / r["plain_tps"] for r in rs]) for n in configs]
+        tau = [sum(r[n]["tokens"] - 1 for r in rs) / max(sum(r[n]["passes"] for r in rs), 1) for n in configs]
         print("| " + " | ".join([c] + [f"{x:.2f}" for x in speed] + [f"{x:.2f}" for x in tau]) + " |")
     if args.json:
         with open(args.json, "w") as f:

@@ -91,6 +91,15 @@ PYBIND11_MODULE(_core, m) {
           "[(tokens, n_match)]: what followed earlier occurrences of the context's last n_max..1 tokens, up to "
           "n_len tokens, for at most n_chains distinct continuations, longest match first, then most recent "
           "(the engine's prompt-lookup drafts)");
+    m.def("store_find", [](const std::vector<std::vector<llama_token>> & outputs, const std::vector<llama_token> & context,
+                           int32_t n_max, int32_t n_len) {
+              token_store store;
+              for (const auto & o : outputs) store.add(o);
+              const token_store::match f = store.find(context, n_max, n_len);
+              return py::make_tuple(f.tokens, f.n_match, f.n_same, f.n_agree);
+          }, py::arg("outputs"), py::arg("context"), py::arg("n_max"), py::arg("n_len"),
+          "the engine's store of earlier outputs (test hook): (continuation, match length, occurrences matching "
+          "as long, of which continuing alike) for context's end");
     m.def("suffix_lookup", [](const std::vector<llama_token> & context, int32_t n_max, int32_t depth, int32_t n_nodes) {
               const suffix_draft d = suffix_lookup(context, n_max, depth, n_nodes);
               return py::make_tuple(d.token, d.parent, d.count, d.n_occ, d.n_match);
@@ -321,6 +330,8 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("n_lookup", &gen_params::n_lookup)
         .def_readwrite("suffix", &gen_params::suffix)
         .def_readwrite("copy_only", &gen_params::copy_only)
+        .def_readwrite("store", &gen_params::store)
+        .def_readwrite("remember", &gen_params::remember)
         .def_readwrite("draft", &gen_params::draft)
         .def_readwrite("temperature", &gen_params::temperature)
         .def_readwrite("top_p", &gen_params::top_p)
@@ -363,6 +374,10 @@ PYBIND11_MODULE(_core, m) {
         .def("cancel", &engine::cancel)
         .def("clear_cancel", &engine::clear_cancel, "forget an earlier cancel(); call before starting generate()")
         .def("reset", &engine::reset, py::call_guard<py::gil_scoped_release>())
+        .def("remember", &engine::remember, py::arg("tokens"), py::call_guard<py::gil_scoped_release>(),
+             "keep tokens (an output of this target) as a copy source for later generations")
+        .def("forget", &engine::forget, py::call_guard<py::gil_scoped_release>(), "drop what remember() kept")
+        .def_property_readonly("n_remembered", &engine::n_remembered, "tokens kept by remember() and generations")
         .def_property_readonly("target", [](engine & e) -> target & { return e.tgt(); }, py::return_value_policy::reference_internal)
         .def_property_readonly("has_head", [](engine & e) { return e.head() != nullptr; })
         .def("set_draft_oracle", [](engine & e, py::object fn) {
@@ -387,13 +402,20 @@ PYBIND11_MODULE(_core, m) {
         .def("acceptance_counts", [](const engine & e) {
                  const acceptance & a = e.policy_state().acc;
                  auto pairs = [](const rate_count & c) { return py::make_tuple(c.tried, c.hit); };
-                 py::list head, first, next;
+                 py::list head;
                  for (const auto & d : a.head_counts()) { py::list r; for (const auto & c : d) r.append(pairs(c)); head.append(r); }
-                 for (const auto & b : a.first_counts()) first.append(py::make_tuple(pairs(b[0]), pairs(b[1])));
-                 for (const auto & b : a.next_counts()) next.append(py::make_tuple(pairs(b[0]), pairs(b[1])));
-                 return py::dict(py::arg("head") = head, py::arg("lookup_first") = first, py::arg("lookup_next") = next);
+                 auto by_match = [&](const auto & table) {
+                     py::list out;
+                     for (const auto & b : table) out.append(py::make_tuple(pairs(b[0]), pairs(b[1])));
+                     return out;
+                 };
+                 return py::dict(py::arg("head") = head, py::arg("lookup_first") = by_match(a.first_counts()[0]),
+                                 py::arg("lookup_next") = by_match(a.next_counts()[0]),
+                                 py::arg("stored_first") = by_match(a.first_counts()[1]),
+                                 py::arg("stored_next") = by_match(a.next_counts()[1]));
              }, "the policy's acceptance counts (tried, hit): head[depth][q decile], lookup_first[match bucket]"
-                "[streak], lookup_next[match bucket][streak]; match buckets 1, 2, 3, 4, 5-7, 8-15, 16-31, 32+")
+                "[streak], lookup_next[match bucket][streak] (copies from this context), stored_first / stored_next "
+                "(copies from earlier outputs); match buckets 1, 2, 3, 4, 5-7, 8-15, 16-31, 32+")
         .def("set_trace", &engine::set_trace, py::arg("on"), "test hook: record each round (trace())")
         .def("trace", [](const engine & e) {
                  static const char * names[] = {"plain", "lookup", "head"};

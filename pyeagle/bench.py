@@ -639,8 +639,10 @@ def progress(desc: str, iterable: Iterable | None = None, total: int | None = No
 def generate(eng: Engine, ids: list[int], args: argparse.Namespace, draft: bool, max_tokens: int | None = None,
              **tree) -> Output:
     eng.reset()  # no KV reuse across runs: every run prefills its whole prompt
+    # no run keeps its output for later runs (the EAGLE run would copy the plain run's answer to the
+    # same prompt): run_prompts keeps each prompt's EAGLE output once all its runs are done
     return eng.generate(ids, max_tokens=max_tokens or args.n, temperature=args.temp, seed=args.seed, draft=draft,
-                        **tree)
+                        remember=False, **tree)
 
 
 def run_prompts(eng: Engine, prompts: Sequence[BenchPrompt], ids: Sequence[list[int]],
@@ -649,10 +651,10 @@ def run_prompts(eng: Engine, prompts: Sequence[BenchPrompt], ids: Sequence[list[
     prompt run back to back, so that drifting machine load hits them alike."""
     warm = min(8, args.n)
     eng.reset()
-    eng.generate(ids[0], max_tokens=warm, draft=False)
+    eng.generate(ids[0], max_tokens=warm, draft=False, remember=False)
     if eng.has_draft:
         eng.reset()
-        eng.generate(ids[0], max_tokens=warm)
+        eng.generate(ids[0], max_tokens=warm, remember=False)
     runs = []
     for i, (p, x) in enumerate(zip(progress("plain + EAGLE" + (" + llama.cpp spec" if spec else ""), prompts), ids)):
         run = PromptRun(p, x, generate(eng, x, args, draft=False))
@@ -665,6 +667,8 @@ def run_prompts(eng: Engine, prompts: Sequence[BenchPrompt], ids: Sequence[list[
             n_peer = run.peer["n_tokens"]
             if eng.has_draft and run.eagle and n_peer > len(run.eagle.tokens) and run.eagle.stop_reason == "max_tokens":
                 run.eagle_at_peer = generate(eng, x, args, draft=True, max_tokens=n_peer)
+        if run.eagle:
+            eng.remember(run.eagle.tokens)  # what a live engine keeps: its answers to the earlier prompts
         runs.append(run)
     eng.reset()
     return runs

@@ -23,7 +23,7 @@ Prompt = Union[str, Sequence[int]]
 # acceptance rates of its drafts. So one set of defaults serves CPUs and GPUs. adaptive=False turns
 # the policy off: every round then verifies the head's n_tree best drafts (the tree sweep's mode).
 DEFAULT_TREE = dict(n_depth=8, n_top_k=8, n_tree=64, p_min=0.0, adaptive=True, n_lookup=64, suffix=False,
-                    copy_only=False)
+                    copy_only=False, store=False)
 
 # The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
 TREE_FLAGS = (("--draft-depth", "n_depth", int, "draft tree expansion steps (n_depth)"),
@@ -47,18 +47,20 @@ def add_tree_args(ap) -> None:
                          "matched suffix votes) instead of prompt-lookup chains (default: off)")
     ap.add_argument("--draft-copy-only", dest="copy_only", action=argparse.BooleanOptionalAction, default=None,
                     help="draft only copies (prompt lookup / suffix tree), never the head (default: off)")
+    ap.add_argument("--draft-store", dest="store", action=argparse.BooleanOptionalAction, default=None,
+                    help="copy drafts also from the engine's earlier outputs in this process (default: off)")
 
 
 def tree_kwargs(args) -> dict:
     """The tree options given on a command line (None: the engine's default)."""
-    return {name: getattr(args, name) for name in [f[1] for f in TREE_FLAGS] + ["adaptive", "suffix", "copy_only"]}
+    return {name: getattr(args, name) for name in [f[1] for f in TREE_FLAGS] + ["adaptive", "suffix", "copy_only", "store"]}
 
 
 def tree_argv(args) -> list[str]:
     """The tree options given on a command line, as flags again (for a child process)."""
     out = [x for flag, name, _, _ in TREE_FLAGS if getattr(args, name) is not None for x in (flag, str(getattr(args, name)))]
     for name, flag in (("adaptive", "--draft-adaptive"), ("suffix", "--draft-suffix"),
-                       ("copy_only", "--draft-copy-only")):
+                       ("copy_only", "--draft-copy-only"), ("store", "--draft-store")):
         if getattr(args, name) is not None:
             out.append(flag if getattr(args, name) else "--no-" + flag[2:])
     return out
@@ -89,7 +91,7 @@ class Engine:
                  n_depth: int | None = None, n_top_k: int | None = None, n_tree: int | None = None,
                  p_min: float | None = None, adaptive: bool | None = None, flash_attn: int = -1,
                  kv_f32: bool = False, n_lookup: int | None = None, suffix: bool | None = None,
-                 copy_only: bool | None = None, chat_template: str | None = None):
+                 copy_only: bool | None = None, store: bool | None = None, chat_template: str | None = None):
         if target is None:
             from . import models
             target = models.default_target()
@@ -103,7 +105,8 @@ class Engine:
                                       n_gpu_layers=n_gpu_layers, n_batch=n_batch, flash_attn=flash_attn,
                                       kv_f32=kv_f32)
         self.tree = with_overrides(DEFAULT_TREE, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
-                                   adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only)
+                                   adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only,
+                                   store=store)
         self._lock = threading.Lock()
         self._chat_template_source = chat_template  # template text or a file; None: the GGUF's own, else ChatML
         self._chat_template = None
@@ -142,11 +145,12 @@ class Engine:
                  top_k: int = 0, seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (),
                  draft: bool = True, n_depth: int | None = None, n_top_k: int | None = None,
                  n_tree: int | None = None, p_min: float | None = None, adaptive: bool | None = None,
-                 n_lookup: int | None = None, suffix: bool | None = None, copy_only: bool | None = None) -> Output:
+                 n_lookup: int | None = None, suffix: bool | None = None, copy_only: bool | None = None,
+                 store: bool | None = None, remember: bool = True) -> Output:
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
-                               n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min, adaptive=adaptive,
-                               n_lookup=n_lookup, suffix=suffix, copy_only=copy_only):
+                               remember, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
+                               adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only, store=store):
             if isinstance(piece, Output):
                 out = piece
         assert out is not None
@@ -181,8 +185,26 @@ class Engine:
         self._core.cancel()
 
     def reset(self) -> None:
-        """Forgets the conversation held in the KV cache."""
+        """Forgets the conversation held in the KV cache (not what remember() keeps)."""
         self._core.reset()
+
+    def remember(self, tokens: Prompt) -> None:
+        """Keeps text or tokens as a copy source for later generations with `store=True`: where the
+        context's last tokens occurred there, what followed is drafted. A generation with the store on
+        keeps its own output so unless called with remember=False; this seeds the engine with more."""
+        ids = self.tokenize(tokens, add_special=False) if isinstance(tokens, str) else [int(t) for t in tokens]
+        with self._lock:
+            self._core.remember(ids)
+
+    def forget(self) -> None:
+        """Drops everything remember() and earlier generations kept."""
+        with self._lock:
+            self._core.forget()
+
+    @property
+    def n_remembered(self) -> int:
+        """Tokens kept as a copy source across generations."""
+        return self._core.n_remembered
 
     def _wait(self, done: threading.Event, worker: threading.Thread) -> None:
         """Waits for the C++ loop to end, however many Ctrl-C arrive meanwhile (each cancels it
@@ -203,16 +225,18 @@ class Engine:
 
     @staticmethod
     def _stream_kw(kw: dict) -> dict:
-        names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft", *DEFAULT_TREE)
+        names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids", "draft", "remember",
+                 *DEFAULT_TREE)
         unknown = set(kw) - set(names)
         if unknown:
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
         defaults = dict(max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop=(), stop_token_ids=(),
-                        draft=True, **dict.fromkeys(DEFAULT_TREE))
+                        draft=True, remember=True, **dict.fromkeys(DEFAULT_TREE))
         defaults.update(kw)
         return defaults
 
-    def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, **tree):
+    def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, remember=True,
+             **tree):
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("empty prompt")
@@ -241,6 +265,7 @@ class Engine:
         for name, value in tree.items():
             setattr(gp, name, value)
         gp.draft, gp.temperature, gp.top_p, gp.top_k = bool(draft), float(temperature), float(top_p), int(top_k)
+        gp.remember = bool(remember)
         gp.seed, gp.max_tokens, gp.stop_tokens = int(seed), int(max_tokens), [int(t) for t in stop_token_ids]
 
         done = threading.Event()

@@ -167,3 +167,58 @@ def test_copy_only_drafting_needs_no_head_and_keeps_greedy_exact(tiny_f32, refer
     assert drafted > 0
     # without copy_only a head-less engine decodes plainly, as before
     assert Engine(str(tiny_f32), draft=None, **EXACT).generate(REPEAT, max_tokens=20).stats.n_drafted == 0
+
+
+def test_store_finds_the_longest_match_in_earlier_outputs():
+    outs = [[1, 2, 3, 4, 5, 6], [9, 2, 3, 4, 7, 8], [2, 3, 4, 7, 9]]
+    # "2 3 4" occurs in all three; "9 2 3 4" only in the second: the longest match wins
+    assert _core.store_find(outs, [0, 9, 2, 3, 4], 32, 8) == ([7, 8], 4, 1, 1)
+    # equal matches: the most recent; of the three "2 3 4", two go on with 7
+    toks, n_match, n_same, n_agree = _core.store_find(outs, [5, 2, 3, 4], 32, 8)
+    assert (toks, n_match, n_same, n_agree) == ([7, 9], 3, 3, 2)
+    # a continuation stops at the end of its output, and at n_len
+    assert _core.store_find(outs, [2, 3, 4], 32, 1) == ([7], 3, 3, 2)
+    # fewer than three tokens in common: nothing (the index is keyed by three)
+    assert _core.store_find(outs, [8, 3, 4], 32, 8)[0] == []
+    assert _core.store_find([], [2, 3, 4], 32, 8)[0] == []
+    assert _core.store_find([[2, 3]], [2, 3], 32, 8)[0] == []  # too short to index
+
+
+def test_a_remembered_output_is_copied_and_greedy_stays_exact(tiny_f32, reference):
+    """The store: outputs of earlier generations are copy drafts for later ones. Drafting the
+    remembered answer to the same prompt copies most of it; output never changes."""
+    eng = Engine(str(tiny_f32), draft=None, store=True, **EXACT)
+    eng._core.set_forced_kinds(["lookup"])
+    p = PROMPTS[0]
+    kw = dict(max_tokens=40, n_tree=16, n_lookup=16, copy_only=True)
+    fresh = eng.generate(p, remember=False, **kw)
+    assert eng.n_remembered == 0
+    eng.remember(reference[p])
+    assert eng.n_remembered == len(reference[p])
+    again = eng.generate(p, remember=False, **kw)
+    off = eng.generate(p, store=False, **kw)  # the store off: nothing copied from it, nothing kept
+    assert eng.n_remembered == len(reference[p])
+    assert fresh.tokens == again.tokens == off.tokens == reference[p]
+    assert again.stats.n_lookup_accepted > fresh.stats.n_lookup_accepted + 20
+    assert again.stats.n_passes < fresh.stats.n_passes / 2
+    assert off.stats.n_lookup_accepted == fresh.stats.n_lookup_accepted
+    eng.forget()
+    assert eng.n_remembered == 0
+    assert eng.generate(p, **kw).stats.n_lookup_accepted == fresh.stats.n_lookup_accepted
+    assert eng.n_remembered == len(reference[p])  # with the store on, a generation keeps its output
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        eng.remember([0, 1, 10**6])
+    # off by default: an engine keeps nothing
+    plain_default = Engine(str(tiny_f32), draft=None, **EXACT)
+    plain_default.generate(p, **kw)
+    assert plain_default.n_remembered == 0
+
+
+@pytest.mark.parametrize("pattern", [[], ["lookup", "head"]], ids=lambda p: "+".join(p) or "policy")
+def test_store_drafts_keep_greedy_exact_with_the_head(tiny_f32, reference, random_heads, pattern):
+    eng = Engine(str(tiny_f32), draft=str(random_heads["eagle12"]), store=True, **EXACT)
+    eng._core.set_forced_kinds(pattern)
+    for p in [*PROMPTS, REPEAT]:
+        eng.remember(reference[p][5:])  # part of each answer, as if an earlier one had said it
+    for p in [*PROMPTS, REPEAT]:
+        assert eng.generate(p, max_tokens=40, n_tree=16, n_lookup=16).tokens == reference[p], f"prompt {p!r}"

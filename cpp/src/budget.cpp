@@ -81,19 +81,21 @@ void acceptance::count_head(int32_t depth, double q, bool hit) {
 }
 
 // Priors (worth two tries each) until this engine has measured: inside a repeat copies are usually
-// right; outside one, the longer the match the likelier.
-double acceptance::lookup_first(int32_t n_match, bool streak) const {
+// right; outside one, the longer the match the likelier. A match in an earlier output is weaker
+// evidence than one in this context (phrases recur across answers less than within one).
+double acceptance::lookup_first(int32_t n_match, bool streak, bool stored) const {
     const int32_t b = match_bucket(n_match);
-    return first_[b][streak].p(streak ? 0.7 : std::min(0.15 + 0.08 * b, 0.7));
+    const double prior = streak ? 0.7 : std::min(0.15 + 0.08 * b, 0.7);
+    return first_[stored][b][streak].p(stored ? 0.5 * prior : prior);
 }
 
-double acceptance::lookup_next(int32_t n_match, bool streak) const {
-    return next_[match_bucket(n_match)][streak].p(streak ? 0.9 : 0.7);
+double acceptance::lookup_next(int32_t n_match, bool streak, bool stored) const {
+    return next_[stored][match_bucket(n_match)][streak].p(streak ? 0.9 : 0.7);
 }
 
-void acceptance::count_lookup(int32_t n_match, bool streak, int32_t step, bool hit) {
+void acceptance::count_lookup(int32_t n_match, bool streak, int32_t step, bool hit, bool stored) {
     const int32_t b = match_bucket(n_match);
-    (step == 0 ? first_[b][streak] : next_[b][streak]).add(hit);
+    (step == 0 ? first_[stored][b][streak] : next_[stored][b][streak]).add(hit);
 }
 
 // --- decisions ----------------------------------------------------------------------------------

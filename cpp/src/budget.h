@@ -65,24 +65,26 @@ public:
     // the step; the prior is q itself (EAGLE-2's observation that the head is roughly calibrated)
     double head(int32_t depth, double q) const;
     void count_head(int32_t depth, double q, bool hit);
-    // prompt-lookup steps, each by whether the round before accepted a copied step (inside a repeat
-    // or not): the first step of a chain by match length, further steps by the match length they
-    // continue (the chain's match plus the steps before them: a repeat grows more certain as it goes)
+    // copy steps, each by its source (this context, or the engine's earlier outputs: `stored`) and
+    // by whether the round before accepted a copied step (inside a repeat or not): the first step of
+    // a chain by match length, further steps by the match length they continue (the chain's match
+    // plus the steps before them: a repeat grows more certain as it goes)
     static int32_t match_bucket(int32_t n_match);  // 1, 2, 3, 4, 5-7, 8-15, 16-31, 32+ -> 0..7
-    double lookup_first(int32_t n_match, bool streak) const;
-    double lookup_next(int32_t n_match, bool streak) const;
-    void count_lookup(int32_t n_match, bool streak, int32_t step, bool hit);
+    double lookup_first(int32_t n_match, bool streak, bool stored = false) const;
+    double lookup_next(int32_t n_match, bool streak, bool stored = false) const;
+    void count_lookup(int32_t n_match, bool streak, int32_t step, bool hit, bool stored = false);
 
-    // the raw counts, for reports: [depth][q bucket], [match bucket][streak], [match bucket]
+    // the raw counts, for reports: [depth][q bucket], [source][match bucket][streak]
     const auto & head_counts() const { return head_; }
     const auto & first_counts() const { return first_; }
     const auto & next_counts() const { return next_; }
 
 private:
     static int32_t q_bucket(double q);
+    using by_match = std::array<std::array<rate_count, 2>, n_match>;
     std::array<std::array<rate_count, n_q>, n_depth> head_{};
-    std::array<std::array<rate_count, 2>, n_match> first_{};
-    std::array<std::array<rate_count, 2>, n_match> next_{};
+    std::array<by_match, 2> first_{};
+    std::array<by_match, 2> next_{};
 };
 
 // Tokens per second over the recent rounds of this generation (EMAs of tokens and of time): the

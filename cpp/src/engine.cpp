@@ -233,7 +233,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
         ctx.assign(target_->tokens().begin(), target_->tokens().end());
         ctx.push_back(root);
     }
-    rs.lookup.propose(ctx, n_len, n_chains, gp.suffix, rs.acc);
+    rs.lookup.propose(ctx, n_len, n_chains, gp.suffix, rs.acc, gp.store ? &rs.store : nullptr);
 
     round_kind kind = has_head ? round_kind::head : round_kind::plain;
     size_choice alone;  // the best head-free option: m = 0 is a plain step
@@ -476,8 +476,26 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
         if (cb && !cb(emitted) && go) { res.stop_reason = "callback"; go = false; }
     }
     if (head_) head_->rollback();
+    if (gp.store && gp.remember) rs_->store.add(res.tokens);
     st.t_total = since(t_start);
     return res;
 }
+
+void engine::remember(const std::vector<int32_t> & tokens) {
+    busy_guard guard(busy_, "remember");
+    for (int32_t t : tokens) {
+        if (t < 0 || t >= target_->n_vocab()) {
+            throw std::invalid_argument(format("remember: token %d is outside the vocabulary (0..%d)", t, target_->n_vocab() - 1));
+        }
+    }
+    rs_->store.add(tokens);
+}
+
+void engine::forget() {
+    busy_guard guard(busy_, "forget");
+    rs_->store.clear();
+}
+
+size_t engine::n_remembered() const { return rs_->store.size(); }
 
 }  // namespace pyeagle

@@ -102,14 +102,14 @@ suffix_draft suffix_lookup(const std::vector<llama_token> & ctx, int32_t n_max, 
 // A copy that has matched n_match tokens and whose first j steps were accepted continues a match
 // of n_match + j: step j's estimate is the first step's rate times the continuation rates after it.
 void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len, int32_t n_chains, bool suffix,
-                            const acceptance & acc) {
+                            const acceptance & acc, const token_store * store) {
     nodes_.clear();
     joined_ = false;
     if (n_len < 1 || n_chains < 1) return;
     const double bias = this->bias();
-    auto chain_a = [&](int32_t n_match, int32_t depth) {
-        double a = std::min(1.0, bias * acc.lookup_first(n_match, streak_));
-        for (int32_t j = 1; j < depth; ++j) a *= acc.lookup_next(n_match + j, streak_);
+    auto chain_a = [&](int32_t n_match, int32_t depth, bool stored) {
+        double a = std::min(1.0, bias * acc.lookup_first(n_match, streak_, stored));
+        for (int32_t j = 1; j < depth; ++j) a *= acc.lookup_next(n_match + j, streak_, stored);
         return a;
     };
     if (suffix) {
@@ -128,16 +128,29 @@ void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len,
             kept[i] = (int32_t) nodes_.size();
             const double share = (double) d.count[i] / d.n_occ;
             nodes_.push_back({d.token[i], d.parent[i] < 0 ? -1 : kept[d.parent[i]], d.depth[i], d.n_match,
-                              chain_a(d.n_match, d.depth[i]) * share, main[i], true});
+                              chain_a(d.n_match, d.depth[i], false) * share, main[i], true, false});
         }
         return;
     }
+    struct chain { std::vector<llama_token> tokens; int32_t n_match; bool stored; };
+    std::vector<chain> chains;
+    for (auto & d : prompt_lookup(ctx, n_match_max, n_len, n_chains)) chains.push_back({std::move(d.tokens), d.n_match, false});
+    if (store) {
+        token_store::match m = store->find(ctx, n_match_max, n_len);
+        const bool dup = std::any_of(chains.begin(), chains.end(), [&](const chain & c) { return c.tokens == m.tokens; });
+        if (!m.tokens.empty() && !dup) chains.push_back({std::move(m.tokens), m.n_match, true});
+        std::stable_sort(chains.begin(), chains.end(), [&](const chain & a, const chain & b) {
+            return chain_a(a.n_match, 1, a.stored) > chain_a(b.n_match, 1, b.stored);
+        });
+        if ((int32_t) chains.size() > n_chains) chains.resize(n_chains);
+    }
     bool first = true;
-    for (auto & d : prompt_lookup(ctx, n_match_max, n_len, n_chains)) {
+    for (const chain & d : chains) {
         int32_t parent = -1;
         const int32_t n = std::min<int32_t>((int32_t) d.tokens.size(), n_len_cap(d.n_match));
         for (int32_t j = 0; j < n; ++j) {
-            nodes_.push_back({d.tokens[j], parent, j + 1, d.n_match, chain_a(d.n_match, j + 1), first, first});
+            nodes_.push_back({d.tokens[j], parent, j + 1, d.n_match, chain_a(d.n_match, j + 1, d.stored), first, first,
+                              d.stored});
             parent = (int32_t) nodes_.size() - 1;
         }
         first = false;
@@ -196,7 +209,7 @@ void lookup_source::score(const std::vector<int32_t> & path, acceptance & acc, g
         if (!parent_hit) continue;
         hit[i] = path.size() > (size_t) n.depth && path[n.depth] == n.cand;
         if (n.main) {
-            acc.count_lookup(n.n_match + n.depth - 1, after, n.depth - 1, hit[i]);
+            acc.count_lookup(n.n_match + n.depth - 1, after, n.depth - 1, hit[i], n.stored);
             n_hit += hit[i];
         }
         if (!hit[i]) continue;

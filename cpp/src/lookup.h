@@ -11,6 +11,7 @@
 #pragma once
 
 #include "budget.h"
+#include "store.h"
 #include "tree.h"
 
 #include <algorithm>
@@ -54,10 +55,13 @@ public:
     int32_t n_len_cap(int32_t n_match) const { return std::max({n_len_min, 2 * n_run_, 2 * n_match}); }
 
     // This round's proposal for `context` (committed tokens + root), at most n_len deep: n_chains
-    // prompt-lookup chains, or (suffix) one suffix tree of at most n_len nodes. Each node gets its
-    // estimated acceptance a: the chance that it and its ancestors are accepted.
+    // prompt-lookup chains, or (suffix) one suffix tree of at most n_len nodes. With a `store`, the
+    // continuation of the context's longest match in the engine's earlier outputs competes with the
+    // chains: the chain whose first step is likeliest comes first (a round without the head verifies
+    // only that one). Each node gets its estimated acceptance a: the chance that it and its
+    // ancestors are accepted.
     void propose(const std::vector<llama_token> & context, int32_t n_len, int32_t n_chains, bool suffix,
-                 const acceptance & acc);
+                 const acceptance & acc, const token_store * store = nullptr);
     bool empty() const { return nodes_.empty(); }
     // the estimates of the nodes that a round without the head would verify (the first chain, or the
     // whole suffix tree), descending
@@ -81,6 +85,7 @@ private:
         double a;            // estimated acceptance (cumulative)
         bool main;           // on the first chain / the tree's most travelled path: counted for calibration
         bool alone;          // verified in a round without the head
+        bool stored;         // copied from an earlier output (the store), not from this context
         int32_t cand = -1;   // candidate index once joined, then tree node (-1: not kept)
         bool added = false;  // new when joined (not merged into a head draft or another copy)
     };
@@ -103,6 +108,7 @@ struct round_state {
     head_gate gate;       // whether the head pays
     throughput speed;     // tokens per second of recent rounds: the price of time
     lookup_source lookup; // this round's copy drafts
+    token_store store;    // this engine's earlier outputs, a copy source across generations
 };
 
 }  // namespace pyeagle

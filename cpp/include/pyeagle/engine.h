@@ -54,6 +54,12 @@ struct gen_params {
     bool     suffix      = false;
     // draft only copies (prompt lookup or the suffix tree), never the head; also without a head
     bool     copy_only   = false;
+    // copy drafts also from this engine's earlier outputs (engine::remember): the continuation of the
+    // context's longest match there competes with the prompt-lookup chain (not with the suffix tree).
+    // Off by default: on this project's CPU it measured no faster (docs/BENCHMARKS.md)
+    bool     store       = false;
+    // with the store on, keep this generation's output for later ones (engine::remember)
+    bool     remember    = true;
     bool     draft       = true;  // false: plain decoding through the same target and sampler
     // sampling (shared with plain decoding)
     float    temperature = 0.0f;
@@ -102,7 +108,13 @@ public:
     // forget an earlier cancel(): a caller about to start generate() on another thread calls this
     // first, so that a cancel() between it and the start of generate() is not lost
     void clear_cancel();
-    void reset();   // forget the conversation (KV)
+    void reset();   // forget the conversation (KV); what engine::remember keeps stays
+    // Keep `tokens` (an output of this target, or text like what it will write) as a copy source for
+    // later generations (gen_params::store); a generate() with the store on does so with its output
+    // unless gen_params::remember is false. forget() drops them all; n_remembered() counts the tokens kept.
+    void remember(const std::vector<int32_t> & tokens);
+    void forget();
+    size_t n_remembered() const;
 
     target & tgt() { return *target_; }
     draft_head * head() { return head_.get(); }
