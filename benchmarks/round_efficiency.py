@@ -20,18 +20,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import math
 import sys
 
 from pyeagle import Engine, models
-from pyeagle.bench import load_prompts, mtbench_file
+from pyeagle.bench import gmean, load_prompts, mtbench_file
 from pyeagle.template import ChatTemplate
 
 N_MAX, DEPTH, KEY = 32, 16, 3
-
-
-def gmean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def longest_local(ctx):

@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 from pyeagle import Engine
-from pyeagle.bench import load_prompts, mtbench_file, progress
+from pyeagle.bench import gmean, load_prompts, mtbench_file, progress
 from pyeagle.template import ChatTemplate
-
-
-def gmean(xs: list[float]) -> float:
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def main() -> int:
