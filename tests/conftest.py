@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -8,6 +9,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_gguf import TinySpec, write_tiny_llama  # noqa: E402
+
+# A test run started as a shell's background job (`pytest &`) inherits SIGINT ignored: Python then
+# installs no KeyboardInterrupt handler, and the chat's Ctrl-C tests (and the processes they spawn,
+# which inherit "ignored" too) would see no Ctrl-C at all. Take Ctrl-C back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
