@@ -1,0 +1,79 @@
+"""Head-alone acceptance (tau) on MT-bench, per tree size and per category, without the plain arm.
+
+    python benchmarks/head_tau.py -md HEAD.gguf [--sizes 8,60] [--depth 6] [--topk 10] [--lookup 0]
+                                  [-n 256] [-t 2] [--limit N] [--json OUT]
+
+Issue #17's measurement: every MT-bench first turn, greedy, fixed trees (the round policy off:
+every round verifies the n_tree best drafts), depth 6, top-k 10, no prompt lookup. tau = tokens
+per target pass after the prefill (as `Stats.tau` and `pyeagle.bench --tree-sweep`). Greedy
+decoding makes tau a property of the head and the prompts, not of the machine: this script skips
+the plain runs and the timings that `--tree-sweep` adds, which take longer than the tau itself
+on a 2-core CPU. For speed, use `python -m pyeagle.bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from pyeagle import Engine
+from pyeagle.bench import load_prompts, mtbench_file, progress
+from pyeagle.template import ChatTemplate
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-md", "--model-draft", required=True, help="EAGLE head GGUF")
+    ap.add_argument("-m", "--model", help="target GGUF (default: the embedded default target)")
+    ap.add_argument("--prompts", help="JSONL prompts (default: MT-bench first turns)")
+    ap.add_argument("--limit", type=int, default=0, help="the first N prompts (0: all)")
+    ap.add_argument("--sizes", default="8,60", help="tree sizes (n_tree), comma-separated")
+    ap.add_argument("--depth", type=int, default=6)
+    ap.add_argument("--topk", type=int, default=10)
+    ap.add_argument("--lookup", type=int, default=0, help="prompt-lookup tokens in the tree (0: head alone)")
+    ap.add_argument("-n", type=int, default=256, help="new tokens per prompt")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--json", help="write per-prompt results here")
+    args = ap.parse_args()
+    if not Path(args.model_draft).is_file():
+        ap.error(f"no such head file: {args.model_draft}")
+    prompts = load_prompts(args.prompts or mtbench_file())
+    if args.limit:
+        prompts = prompts[:args.limit]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    eng = Engine(args.model, draft=args.model_draft, n_threads=args.threads, n_depth=args.depth, n_top_k=args.topk,
+                 n_lookup=args.lookup, adaptive=False)
+    template = ChatTemplate.from_target(eng.target, None)
+    ids = [eng.tokenize(template.render([{"role": "user", "content": p.question}])) for p in prompts]
+    rows = []
+    for n in sizes:
+        for p, x in zip(progress(f"n_tree {n}", prompts), ids):
+            eng.reset()
+            s = eng.generate(x, max_tokens=args.n, temperature=0.0, draft=True, remember=False, n_tree=n,
+                             adaptive=False).stats
+            rows.append({"n_tree": n, "id": p.id, "category": p.category, "tokens": s.n_tokens, "passes": s.n_passes})
+
+    def tau(rs: list[dict]) -> float:  # first token from the prefill's pass, as Stats.tau
+        passes = sum(r["passes"] for r in rs)
+        return sum(r["tokens"] - 1 for r in rs) / passes if passes else 0.0
+
+    cats = list(dict.fromkeys(p.category for p in prompts))
+    print(f"# Head-alone tau: `{args.model_draft}`\n\n{len(prompts)} prompts "
+          f"({args.prompts or 'MT-bench first turns'}), {args.n} new tokens, greedy, fixed trees, depth {args.depth}, "
+          f"top-k {args.topk}, prompt lookup {args.lookup}\n")
+    print("| n_tree | tau | " + " | ".join(cats) + " |\n|---|---|" + "---|" * len(cats))
+    for n in sizes:
+        rs = [r for r in rows if r["n_tree"] == n]
+        by = defaultdict(list)
+        for r in rs:
+            by[r["category"]].append(r)
+        print(f"| {n} | **{tau(rs):.2f}** | " + " | ".join(f"{tau(by[c]):.2f}" for c in cats) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
