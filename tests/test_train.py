@@ -19,6 +19,14 @@ from pyeagle.train.prompts import build_conversations, build_prompts, load_conve
 from pyeagle.train.varied import build_varied_prompts, shared_runs, vocabulary_words  # noqa: E402
 
 
+def test_native_bf16_reads_the_cpu_flags():
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 {}\nbogomips\t: 1\n"
+    assert tfit.native_bf16(flags.format("avx512f avx512_bf16")) is True
+    assert tfit.native_bf16(flags.format("amx_tile amx_bf16")) is True
+    assert tfit.native_bf16(flags.format("avx512f avx512bw")) is False
+    assert tfit.native_bf16("no flags line here") is None
+
+
 def test_prompt_set_is_deterministic_diverse_and_unique():
     a, b = build_prompts(700, seed=0), build_prompts(700, seed=0)
     assert a == b and len(a) == 700 and len(set(a)) == 700

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--init", type=Path,
                    help="start from this run's weights, or from an EAGLE-1/2 head GGUF (e.g. the shipped head)")
     f.add_argument("--bf16", action="store_true",
-                   help="bfloat16 matrix products (about 2x faster where the CPU has AVX512-BF16 or AMX)")
+                   help="bfloat16 matrix products (about 2x faster where the CPU has AVX512-BF16 or AMX, about 20x slower where it has neither)")
     f.add_argument("--token-weight", type=float, default=0.1,
                    help="weight of the token loss against the feature loss (1); EAGLE-1/2 use 0.1")
     f.add_argument("--eagle3", action="store_true",
