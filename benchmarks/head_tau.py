@@ -60,7 +60,8 @@ def main() -> int:
         return sum(r["tokens"] - 1 for r in rs) / passes if passes else 0.0
 
     cats = list(dict.fromkeys(p.category for p in prompts))
-    print(f"# Head-alone tau: `{args.model_draft}`\n\n{len(prompts)} prompts "
+    print(f"# Head-alone tau: `{args.model_draft}`\n\ncommand: `python benchmarks/head_tau.py {' '.join(sys.argv[1:])}`\n\n"
+          f"{len(prompts)} prompts "
           f"({args.prompts or 'MT-bench first turns'}), {args.n} new tokens, greedy, fixed trees, depth {args.depth}, "
           f"top-k {args.topk}, prompt lookup {args.lookup}\n")
     print("| n_tree | tau | " + " | ".join(cats) + " |\n|---|---|" + "---|" * len(cats))
