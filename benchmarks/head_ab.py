@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pyeagle import Engine
-from pyeagle.bench import gmean, load_prompts, mtbench_file, progress
+from pyeagle.bench import Agg, gmean, load_prompts, mtbench_file, progress
 from pyeagle.template import ChatTemplate
 
 
@@ -49,6 +49,7 @@ def main() -> int:
         eng.reset()
         eng.generate(plain.tokenize(template.render([{"role": "user", "content": "Hi"}])), max_tokens=8,
                      draft=eng is not plain, remember=False)
+    aggs = {n: Agg() for n in names}
     rows = []
     for i, p in enumerate(progress("prompts", prompts)):
         ids = plain.tokenize(template.render([{"role": "user", "content": p.question}]))
@@ -60,16 +61,13 @@ def main() -> int:
             eng = engines[n]
             eng.reset()
             out = eng.generate(ids, **kw)
+            aggs[n].add(out.stats)
             row[n] = {"tps": out.stats.tokens_per_s, "tau": out.stats.tau, "tokens": out.stats.n_tokens,
                       "passes": out.stats.n_passes, "same": list(out.tokens) == list(base.tokens)}
         rows.append(row)
 
     def ratio(r: dict, n: str) -> float:
         return r[n]["tps"] / r["plain_tps"]
-
-    def tau(rs: list[dict], n: str) -> float:
-        passes = sum(r[n]["passes"] for r in rs)
-        return sum(r[n]["tokens"] - 1 for r in rs) / passes if passes else 0.0
 
     cats = list(dict.fromkeys(p.category for p in prompts))
     print(f"# Heads side by side: {len(rows)} prompts ({args.prompts or 'MT-bench first turns'}), {args.n} new tokens, "
@@ -81,7 +79,7 @@ def main() -> int:
         per_cat = [gmean([ratio(r, n) for r in rows if r["category"] == c]) for c in cats]
         worst = min(rows, key=lambda r: ratio(r, n))
         print(f"| {n} | " + " | ".join(f"{x:.2f}" for x in per_cat) +
-              f" | **{gmean([ratio(r, n) for r in rows]):.3f}** | {tau(rows, n):.2f} | "
+              f" | **{gmean([ratio(r, n) for r in rows]):.3f}** | {aggs[n].tau:.2f} | "
               f"{ratio(worst, n):.2f} ({worst['id']}) | {sum(ratio(r, n) < 1.0 for r in rows)} | "
               f"{sum(not r[n]['same'] for r in rows)} |")
     if len(names) > 1:
