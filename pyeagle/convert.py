@@ -70,6 +70,17 @@ EAGLE12_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "d2t":                                      ("d2t",                      ("Vd",)),
 }
 
+def gguf_tensor_name(name: str) -> str:
+    """GGUF name of an EAGLE-1/2 checkpoint tensor; `layers.i.*` of a head with several layers
+    (EAGLE-1's cnets.py) become `blk.i.*`, their input_layernorm `blk.i.attn_norm.weight`."""
+    if name.startswith("layers."):
+        _, i, rest = name.split(".", 2)
+        if rest == "input_layernorm.weight":
+            return f"blk.{i}.attn_norm.weight"
+        return f"blk.{i}." + EAGLE12_TENSORS["layers.0." + rest][0].split(".", 2)[2]
+    return EAGLE12_TENSORS[name][0]
+
+
 EAGLE3_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "embed_tokens.weight":                      ("token_embd.weight",        ("V", "h")),
     "fc.weight":                                ("fc.weight",                ("h", "x")),
@@ -322,6 +333,7 @@ def read_target(target_gguf: str | os.PathLike) -> TargetInfo:
 @dataclass
 class HeadParams:
     kind: str                  # "eagle" (EAGLE-1/2) | "eagle3"
+    n_layer: int               # decoder layers (EAGLE-1's cnets.py takes several; EAGLE-3: 1)
     n_embd: int                # h
     n_ff: int
     n_head: int
@@ -484,8 +496,9 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
     if n_head % n_head_kv or head_dim % 2 or head_dim < 2:
         raise ConversionError(f"{src}: num_attention_heads {n_head} / num_key_value_heads {n_head_kv} / "
                               f"head_dim {head_dim} are not a valid grouped-query layout")
-    if cfg.get("num_hidden_layers", 1) != 1:
-        raise ConversionError(f"{src}: num_hidden_layers is {cfg['num_hidden_layers']}, a draft head has 1")
+    n_layer = integer("num_hidden_layers", 1, 1, 64) if cfg.get("num_hidden_layers") is not None else 1
+    if kind == "eagle3" and n_layer != 1:
+        raise ConversionError(f"{src}: num_hidden_layers is {n_layer}, an EAGLE-3 head has 1 (midlayer)")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"{src}: hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
     if cfg.get("norm_before_fc"):
@@ -519,7 +532,7 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
                                   "(set eagle_aux_hidden_state_layer_ids)")
 
     return HeadParams(
-        kind=kind, n_embd=h, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
+        kind=kind, n_layer=n_layer, n_embd=h, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
         eps=float(_number(cfg, "rms_norm_eps", 1e-6, 0.0, 0.5, src)),
         rope_theta=float(_number(cfg, "rope_theta", 10000.0, 1e-3, 1e12, src)),
         n_ctx=integer("max_position_embeddings", 2048), n_vocab=V, n_vocab_draft=n_vocab_draft,
@@ -534,11 +547,19 @@ def expected_tensors(p: HeadParams, present: set[str]) -> tuple[dict[str, tuple[
     table = EAGLE3_TENSORS if p.kind == "eagle3" else EAGLE12_TENSORS
     rows = dict(table)
     if p.kind == "eagle":
+        # layers after the first (EAGLE-1's cnets.py) also normalise their input
+        for i in range(1, p.n_layer):
+            for name, (_, sym) in table.items():
+                if name.startswith("layers.0."):
+                    later = f"layers.{i}." + name[len("layers.0."):]
+                    rows[later] = (gguf_tensor_name(later), sym)
+            rows[f"layers.{i}.input_layernorm.weight"] = (f"blk.{i}.attn_norm.weight", ("h",))
         if not p.fc_bias:
             del rows["fc.bias"]
         if not p.qkv_bias:
-            for n in ("q", "k", "v"):
-                del rows[f"layers.0.self_attn.{n}_proj.bias"]
+            for i in range(p.n_layer):
+                for n in ("q", "k", "v"):
+                    del rows[f"layers.{i}.self_attn.{n}_proj.bias"]
     optional = {"embed_tokens.weight", "d2t"}
     if p.kind == "eagle":
         optional.add("lm_head.weight")
@@ -714,7 +735,7 @@ def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt:
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
                      "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype])
-    add_llama_shape(w, n_ctx=p.n_ctx, n_embd=p.n_embd, n_layer=1, n_ff=p.n_ff, n_head=p.n_head,
+    add_llama_shape(w, n_ctx=p.n_ctx, n_embd=p.n_embd, n_layer=p.n_layer, n_ff=p.n_ff, n_head=p.n_head,
                     n_head_kv=p.n_head_kv, head_dim=p.head_dim, rope_theta=p.rope_theta, eps=p.eps)
     rs = p.rope_scaling or {}
     if rs.get("type") == "linear":

@@ -122,14 +122,15 @@ class EagleRef:
             out = target_matrix(reader, "output.weight")
             self.w_out = out if out is not None else target_embd
         self.layer = "midlayer." if self.is_eagle3 else "layers.0."
+        self.n_layer = 1 if self.is_eagle3 else int(cfg.get("num_hidden_layers") or 1)
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         y = x @ self.w[name + ".weight"].T
         return y + self.w[name + ".bias"] if name + ".bias" in self.w else y
 
-    def _attention(self, x: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _attention(self, x: np.ndarray, positions: np.ndarray, mask: np.ndarray, layer: str | None = None) -> np.ndarray:
         n, d = x.shape[0], self.head_dim
-        p = self.layer + "self_attn."
+        p = (layer or self.layer) + "self_attn."
         q = self._linear(x, p + "q_proj").reshape(n, self.n_head, d)
         k = self._linear(x, p + "k_proj").reshape(n, self.n_head_kv, d)
         v = self._linear(x, p + "v_proj").reshape(n, self.n_head_kv, d)
@@ -148,8 +149,8 @@ class EagleRef:
         out = np.einsum("hij,jhd->ihd", prob, v).reshape(n, self.n_head * d)
         return self._linear(out, p + "o_proj")
 
-    def _mlp(self, x: np.ndarray) -> np.ndarray:
-        m = self.layer + "mlp."
+    def _mlp(self, x: np.ndarray, layer: str | None = None) -> np.ndarray:
+        m = (layer or self.layer) + "mlp."
         return self._linear(silu(self._linear(x, m + "gate_proj")) * self._linear(x, m + "up_proj"), m + "down_proj")
 
     def forward(self, tokens, inputs, positions, mask, inputs_are_taps=None) -> tuple[np.ndarray, np.ndarray]:
@@ -163,9 +164,12 @@ class EagleRef:
         e = self.embd[tokens]
         L = self.layer
         if not self.is_eagle3:
-            z = self._linear(np.concatenate([e, np.asarray(inputs, dtype=np.float64)], axis=-1), "fc")
-            a = z + self._attention(z, positions, mask)
-            y = a + self._mlp(rms_norm(a, self.w[L + "post_attention_layernorm.weight"], self.eps))
+            y = self._linear(np.concatenate([e, np.asarray(inputs, dtype=np.float64)], axis=-1), "fc")
+            for i in range(self.n_layer):  # EAGLE-1's cnets.py: layers after the first normalise their input
+                L = f"layers.{i}."
+                x = rms_norm(y, self.w[L + "input_layernorm.weight"], self.eps) if i else y
+                a = y + self._attention(x, positions, mask, L)
+                y = a + self._mlp(rms_norm(a, self.w[L + "post_attention_layernorm.weight"], self.eps), L)
             logits = y @ self.w_out.T
             return y.astype(np.float32), logits.astype(np.float32)
 

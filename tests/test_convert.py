@@ -473,6 +473,13 @@ def test_refuses_missing_unexpected_and_misshapen_tensors(tmp_path, tiny_f32, di
     save(tmp_path / "dup", cfg3, bad, "safetensors", "fp32")
     converting(tmp_path, tmp_path / "dup", tiny_f32, "same target id")
 
+    # a head of two layers (EAGLE-1's cnets.py) needs the second layer's tensors, its input norm included
+    save(tmp_path / "two", {**cfg, "num_hidden_layers": 2}, ckpt, "safetensors", "fp32")
+    msg = converting(tmp_path, tmp_path / "two", tiny_f32, "missing tensors")
+    assert "layers.1.input_layernorm.weight" in msg and "layers.1.self_attn.q_proj.weight" in msg
+    save(tmp_path / "two3", {**cfg3, "num_hidden_layers": 2}, ckpt3, "safetensors", "fp32")
+    converting(tmp_path, tmp_path / "two3", tiny_f32, "an EAGLE-3 head has 1")
+
 
 def test_refuses_head_of_another_target(tmp_path, tiny_f32, dims):
     write_eagle12(tmp_path / "wide", **{**dims, "hidden": 96}, n_head=4)

@@ -185,10 +185,10 @@ def test_training_lowers_the_loss(tiny_f32, tiny_data, tiny_taps, tmp_path, unro
     assert res["val"]["tau_chain"] == pytest.approx(1 + sum(chain), abs=1e-3)
 
 
-def small_head(eagle3: bool):
+def small_head(eagle3: bool, layers: int = 1):
     """A random small head away from its initialisation (so that each drafting step differs)."""
     cfg = tfit.HeadConfig(hidden=32, n_head=4, n_head_kv=2, ff=48, eps=1e-5, rope_theta=10000.0, vocab=50,
-                          context_length=64, taps=(0, 1, 1) if eagle3 else ())
+                          context_length=64, taps=(0, 1, 1) if eagle3 else (), layers=layers)
     torch.manual_seed(0)
     head = tfit.make_head(cfg)
     for prm in head.parameters():
@@ -196,12 +196,12 @@ def small_head(eagle3: bool):
     return head
 
 
-@pytest.mark.parametrize("eagle3", [False, True])
-def test_unroll_drafts_as_inference_does(eagle3):
+@pytest.mark.parametrize("eagle3,layers", [(False, 1), (True, 1), (False, 2)])
+def test_unroll_drafts_as_inference_does(eagle3, layers):
     """Step s of EagleHead.unroll at row t equals drafting the chain from true row t-s one node
     at a time: the true rows (the target's features, EAGLE-3: taps), then each draft fed back
-    with the previous output as its input."""
-    head = small_head(eagle3)
+    with the previous output as its input; with several layers, each attends to its own K/V."""
+    head = small_head(eagle3, layers)
     lens = [7, 5]
     L = sum(lens)
     seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lens)])
@@ -216,7 +216,8 @@ def test_unroll_drafts_as_inference_does(eagle3):
             a2, r2 = head._inputs(ee[:, x_true.shape[1]:], torch.cat(fed, dim=1), False)
             a, r = torch.cat([a, a2], dim=1), torch.cat([r, r2], dim=1)
         n = a.shape[1]
-        return head._attend(r, *head._qkv(a, p[:, :n]), torch.tril(torch.ones(1, n, n, dtype=torch.bool)))[:, -1:]
+        causal = torch.tril(torch.ones(1, n, n, dtype=torch.bool))
+        return head._through_layers(a, r, p[:, :n], causal, [[] for _ in range(layers)])[:, -1:]
 
     with torch.no_grad():
         ys = head.unroll(e, x, pos, mask, 3)
@@ -252,6 +253,24 @@ def test_widening_the_ffn_keeps_the_function():
         torch.testing.assert_close(wide(e, f, pos, mask), narrow(e, f, pos, mask))
     with pytest.raises(ValueError, match="narrow"):
         tfit.widen_ffn(wide.state_dict(), 48)
+
+
+def test_added_layers_keep_the_function():
+    """A head grown to more layers (fit --layers with --init) computes what it did; its state
+    names the layers as EAGLE-1's cnets.py does."""
+    one = small_head(False)
+    two = tfit.EagleHead(tfit.replace(one.cfg, layers=2))
+    tfit.load_grown(two, one.state_dict())
+    e, f = torch.randn(1, 6, 32), torch.randn(1, 6, 32)
+    pos, mask = torch.arange(6)[None], torch.tril(torch.ones(1, 6, 6, dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(two(e, f, pos, mask), one(e, f, pos, mask))
+        torch.testing.assert_close(two.unroll(e, f, pos, mask, 3)[2], one.unroll(e, f, pos, mask, 3)[2])
+    names = set(two.eagle_state_dict())
+    assert {"layers.1.input_layernorm.weight", "layers.1.self_attn.q_proj.weight",
+            "layers.1.mlp.down_proj.weight"} <= names and len(names) == len(one.eagle_state_dict()) + 9
+    with pytest.raises(SystemExit, match="does not fit"):
+        tfit.load_grown(one, two.state_dict())
 
 
 def test_eagle3_head_starts_by_passing_the_last_layer_output_through():
@@ -295,14 +314,24 @@ def test_taps_are_the_targets_layer_inputs(tiny_f32, tiny_data, tiny_taps):
         tfit.fit(tiny_data, tiny_taps.parent / "no-taps", eagle3=True, **fit_kw(tiny_f32))
 
 
-@pytest.mark.parametrize("kind", ["eagle", "wide", "eagle3"])
+@pytest.mark.parametrize("kind", ["eagle", "wide", "eagle3", "two_layers"])
 def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps, tmp_path, kind):
     """Also for a head whose FFN is wider than the target's (--ff, from a narrower --init run),
-    and for an EAGLE-3 head (taps in, midlayer/norm/lm_head out)."""
+    for an EAGLE-3 head (taps in, midlayer/norm/lm_head out), and for a head of two layers
+    (--layers, grown from a one-layer --init run, then trained)."""
     run = tmp_path / "run"
     if kind == "wide":
         tfit.fit(tiny_data, tmp_path / "narrow", **fit_kw(tiny_f32))
         tfit.fit(tiny_data, run, init=tmp_path / "narrow", ff=200, **fit_kw(tiny_f32))
+    elif kind == "two_layers":
+        tfit.fit(tiny_data, tmp_path / "one", **fit_kw(tiny_f32))
+        tfit.fit(tiny_data, run, init=tmp_path / "one", layers=2, **fit_kw(tiny_f32))
+        st = torch.load(run / "state.pt", weights_only=False)  # a second layer far from the identity
+        g = torch.Generator().manual_seed(0)
+        for k, v in st["head"].items():
+            if k.startswith("later."):
+                v += 0.1 * torch.randn(v.shape, generator=g)
+        torch.save(st, run / "state.pt")
     elif kind == "eagle3":
         res = tfit.fit(tiny_taps, run, eagle3=True, unroll=2, **fit_kw(tiny_f32))
         assert res["val"]["top1"] >= 0
@@ -311,7 +340,7 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps,
     ckpt, out = tmp_path / "eagle", tmp_path / "head.gguf"
     tfit.export(run, str(tiny_f32), ckpt, out, outtype="f32")
     cfg = json.loads((ckpt / "config.json").read_text())
-    assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] == 1
+    assert cfg["hidden_size"] == 64 and cfg["num_hidden_layers"] == (2 if kind == "two_layers" else 1)
     assert cfg["intermediate_size"] == (200 if kind == "wide" else tfit.target_config_and_matrices(str(tiny_f32))[0].ff)
 
     head, ids, w, e = trained_head(run, tiny_f32)

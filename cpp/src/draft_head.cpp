@@ -27,13 +27,18 @@ std::string vocab_hash(const target & tgt) {
 }
 
 struct draft_head::weights {
+    struct layer {
+        // EAGLE-3: the embedding's norm; EAGLE-1/2 layers after the first: the input's norm
+        ggml_tensor * attn_norm = nullptr;
+        ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;
+        ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
+        ggml_tensor * ffn_norm = nullptr, * gate = nullptr, * up = nullptr, * down = nullptr;
+        ggml_tensor * k_cache = nullptr, * v_cache = nullptr;  // [n_head_kv * head_dim, n_ctx] f32
+    };
     ggml_tensor * out = nullptr, * out_norm = nullptr, * rope_freqs = nullptr;
     ggml_tensor * fc = nullptr, * fc_b = nullptr;
-    ggml_tensor * attn_norm = nullptr, * attn_norm_2 = nullptr;  // EAGLE-3 only
-    ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;
-    ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
-    ggml_tensor * ffn_norm = nullptr, * gate = nullptr, * up = nullptr, * down = nullptr;
-    ggml_tensor * k_cache = nullptr, * v_cache = nullptr;  // [n_head_kv * head_dim, n_ctx] f32
+    ggml_tensor * attn_norm_2 = nullptr;  // EAGLE-3 only
+    std::vector<layer> layers;            // EAGLE-1's cnets.py takes several; EAGLE-3 has one
 };
 
 namespace {
@@ -227,7 +232,7 @@ draft_head::draft_head(const std::string & path, const target & tgt, int32_t n_c
 
     // Reserve the compute buffer once for the largest graph: later evals reuse it.
     alloc_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_.get())));
-    graph_meta_.resize(ggml_tensor_overhead() * 1024 + ggml_graph_overhead_custom(1024, false));
+    graph_meta_.resize(ggml_tensor_overhead() * graph_nodes() + ggml_graph_overhead_custom(graph_nodes(), false));
     for (bool features : {true, false}) {
         ggml_cgraph * gf = build(n_batch_max_, n_ctx_, features);
         // the head's graph runs on one backend, without the scheduler's fallback: refuse here what
@@ -293,6 +298,11 @@ void draft_head::load(const target & tgt) {
         throw file_error(path_, "partial RoPE (rope.dimension_count != head_dim) is not supported");
     }
     rope_ = read_rope(f, a, n_ctx_train);
+    const uint32_t n_layer = f.u32(a + "block_count", false, 1);
+    if (n_layer < 1 || n_layer > 64 || (eagle3_ && n_layer != 1)) {
+        throw file_error(path_, format("block_count %u: an EAGLE-1/2 head has 1..64 layers, an EAGLE-3 head 1", n_layer));
+    }
+    w_->layers.resize(n_layer);
     const int64_t h = n_embd_, h_q = (int64_t) head_dim_ * n_head_, h_kv = (int64_t) head_dim_ * n_head_kv_, ff = n_ff_;
 
     int64_t h_t = tgt.n_embd();
@@ -327,20 +337,25 @@ void draft_head::load(const target & tgt) {
     };
     want("fc.weight", {eagle3_ ? 3 * h_t : 2 * h, h}, true, true, &w_->fc);
     want("fc.bias", {h}, false, false, &w_->fc_b);
-    want("blk.0.attn_q.weight", {in_attn, h_q}, true, true, &w_->wq);
-    want("blk.0.attn_k.weight", {in_attn, h_kv}, true, true, &w_->wk);
-    want("blk.0.attn_v.weight", {in_attn, h_kv}, true, true, &w_->wv);
-    want("blk.0.attn_output.weight", {h_q, h}, true, true, &w_->wo);
-    want("blk.0.attn_q.bias", {h_q}, false, false, &w_->bq);
-    want("blk.0.attn_k.bias", {h_kv}, false, false, &w_->bk);
-    want("blk.0.attn_v.bias", {h_kv}, false, false, &w_->bv);
-    want("blk.0.ffn_norm.weight", {h}, true, false, &w_->ffn_norm);
-    want("blk.0.ffn_gate.weight", {h, ff}, true, true, &w_->gate);
-    want("blk.0.ffn_up.weight", {h, ff}, true, true, &w_->up);
-    want("blk.0.ffn_down.weight", {ff, h}, true, true, &w_->down);
+    for (size_t i = 0; i < w_->layers.size(); ++i) {
+        weights::layer & l = w_->layers[i];
+        const int64_t in = i == 0 ? in_attn : h;
+        auto blk = [&](const char * name) { return format("blk.%zu.%s", i, name); };
+        want(blk("attn_q.weight").c_str(), {in, h_q}, true, true, &l.wq);
+        want(blk("attn_k.weight").c_str(), {in, h_kv}, true, true, &l.wk);
+        want(blk("attn_v.weight").c_str(), {in, h_kv}, true, true, &l.wv);
+        want(blk("attn_output.weight").c_str(), {h_q, h}, true, true, &l.wo);
+        want(blk("attn_q.bias").c_str(), {h_q}, false, false, &l.bq);
+        want(blk("attn_k.bias").c_str(), {h_kv}, false, false, &l.bk);
+        want(blk("attn_v.bias").c_str(), {h_kv}, false, false, &l.bv);
+        want(blk("ffn_norm.weight").c_str(), {h}, true, false, &l.ffn_norm);
+        want(blk("ffn_gate.weight").c_str(), {h, ff}, true, true, &l.gate);
+        want(blk("ffn_up.weight").c_str(), {h, ff}, true, true, &l.up);
+        want(blk("ffn_down.weight").c_str(), {ff, h}, true, true, &l.down);
+        if (eagle3_ || i > 0) want(blk("attn_norm.weight").c_str(), {h}, true, false, &l.attn_norm);
+    }
     want("rope_freqs.weight", {head_dim_ / 2}, false, false, &w_->rope_freqs);  // llama3 RoPE scaling
     if (eagle3_) {
-        want("blk.0.attn_norm.weight", {h}, true, false, &w_->attn_norm);
         want("blk.0.attn_norm_2.weight", {h}, true, false, &w_->attn_norm_2);
         want("output_norm.weight", {h}, true, false, &w_->out_norm);
     }
@@ -389,7 +404,7 @@ void draft_head::load(const target & tgt) {
 
     auto alloc_ctx = [&](bool host, std::unique_ptr<ggml_context, ggml_context_deleter> & ctx,
                          std::unique_ptr<ggml_backend_buffer, ggml_buffer_deleter> & buf, bool kv) {
-        size_t n = kv ? 2 : 0;
+        size_t n = kv ? 2 * w_->layers.size() : 0;
         for (auto & e : entries) n += e.host == host;
         if (n == 0) return;
         ggml_init_params ip = {ggml_tensor_overhead() * (n + 1), nullptr, true};
@@ -400,8 +415,10 @@ void draft_head::load(const target & tgt) {
             ggml_set_name(*e.dst, ggml_get_name(e.src));
         }
         if (kv) {
-            w_->k_cache = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, h_kv, n_ctx_);
-            w_->v_cache = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, h_kv, n_ctx_);
+            for (weights::layer & l : w_->layers) {
+                l.k_cache = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, h_kv, n_ctx_);
+                l.v_cache = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, h_kv, n_ctx_);
+            }
         }
         buf.reset(host ? ggml_backend_alloc_ctx_tensors_from_buft(ctx.get(), ggml_backend_cpu_buffer_type())
                        : ggml_backend_alloc_ctx_tensors(ctx.get(), backend_.get()));
@@ -437,6 +454,8 @@ void draft_head::embed(const llama_token * tokens, int32_t n) {
     }
 }
 
+size_t draft_head::graph_nodes() const { return 256 + 64 * w_->layers.size(); }  // ~40 nodes a layer
+
 std::string draft_head::device() const { return ggml_backend_name(backend_.get()); }
 
 void draft_head::set_n_threads(int32_t n) {
@@ -446,7 +465,7 @@ void draft_head::set_n_threads(int32_t n) {
 ggml_cgraph * draft_head::build(int32_t n, int32_t n_kv_after, bool from_target) {
     ggml_init_params ip = {graph_meta_.size(), graph_meta_.data(), true};
     ggml_context * ctx = ggml_init(ip);  // metadata only, in graph_meta_: nothing allocated
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx, 1024, false);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, graph_nodes(), false);
     const weights & w = *w_;
     const int64_t h = n_embd_, h_kv = (int64_t) head_dim_ * n_head_kv_;
     const int32_t n_kv_before = n_kv_after - n;
@@ -470,38 +489,43 @@ ggml_cgraph * draft_head::build(int32_t n, int32_t n_kv_after, bool from_target)
 
     ggml_tensor * x, * resid;
     if (!eagle3_) {
-        // EAGLE-1/2: z = fc(cat(E[x], f)); no attention pre-norm
+        // EAGLE-1/2: z = fc(cat(E[x], f)); no attention pre-norm in the first layer
         x = resid = linear(w.fc, ggml_concat(ctx, t_emb_, t_inputs_, 0), w.fc_b);
     } else {
         // EAGLE-3: hidden = fc(taps) for target rows, the head's own y inside the tree
         ggml_tensor * hid = from_target ? ggml_mul_mat(ctx, w.fc, t_inputs_) : t_inputs_;
         ggml_tensor * hid_n = norm(hid, w.attn_norm_2);
-        x = ggml_concat(ctx, norm(t_emb_, w.attn_norm), hid_n, 0);  // [2h, n]
+        x = ggml_concat(ctx, norm(t_emb_, w.layers[0].attn_norm), hid_n, 0);  // [2h, n]
         resid = norm_before_residual_ ? hid_n : hid;
     }
-    ggml_tensor * q = rope(ggml_reshape_3d(ctx, linear(w.wq, x, w.bq), head_dim_, n_head_, n));
-    ggml_tensor * k = rope(ggml_reshape_3d(ctx, linear(w.wk, x, w.bk), head_dim_, n_head_kv_, n));
-    ggml_tensor * v = linear(w.wv, x, w.bv);  // [h_kv, n]
+    ggml_tensor * y = nullptr;
+    for (size_t i = 0; i < w.layers.size(); ++i) {
+        const weights::layer & l = w.layers[i];
+        if (i > 0) x = norm(resid = y, l.attn_norm);  // a later EAGLE-1/2 layer (EAGLE-1's cnets.py)
+        ggml_tensor * q = rope(ggml_reshape_3d(ctx, linear(l.wq, x, l.bq), head_dim_, n_head_, n));
+        ggml_tensor * k = rope(ggml_reshape_3d(ctx, linear(l.wk, x, l.bk), head_dim_, n_head_kv_, n));
+        ggml_tensor * v = linear(l.wv, x, l.bv);  // [h_kv, n]
 
-    // write this batch's K/V into cells [n_kv_before, n_kv_after)
-    const size_t row = w.k_cache->nb[1];
-    ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k, h_kv, n),
-                                           ggml_view_2d(ctx, w.k_cache, h_kv, n, row, n_kv_before * row)));
-    ggml_build_forward_expand(gf, ggml_cpy(ctx, v, ggml_view_2d(ctx, w.v_cache, h_kv, n, row, n_kv_before * row)));
+        // write this batch's K/V into cells [n_kv_before, n_kv_after)
+        const size_t row = l.k_cache->nb[1];
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k, h_kv, n),
+                                               ggml_view_2d(ctx, l.k_cache, h_kv, n, row, n_kv_before * row)));
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, v, ggml_view_2d(ctx, l.v_cache, h_kv, n, row, n_kv_before * row)));
 
-    ggml_tensor * K = ggml_permute(ctx, ggml_view_3d(ctx, w.k_cache, head_dim_, n_head_kv_, n_kv_after,
-                                                     head_dim_ * sizeof(float), row, 0), 0, 2, 1, 3);  // [hd, kv, hkv]
-    ggml_tensor * V = ggml_cont(ctx, ggml_permute(ctx, ggml_view_3d(ctx, w.v_cache, head_dim_, n_head_kv_, n_kv_after,
-                                                     head_dim_ * sizeof(float), row, 0), 1, 2, 0, 3));  // [kv, hd, hkv]
-    ggml_tensor * Q = ggml_permute(ctx, q, 0, 2, 1, 3);                                            // [hd, n, heads]
-    ggml_tensor * kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, K, Q), t_mask_, 1.0f / std::sqrt((float) head_dim_), 0.0f);
-    ggml_tensor * o = ggml_cont(ctx, ggml_permute(ctx, ggml_mul_mat(ctx, V, kq), 0, 2, 1, 3));   // [hd, heads, n]
-    o = ggml_mul_mat(ctx, w.wo, ggml_reshape_2d(ctx, o, (int64_t) head_dim_ * n_head_, n));
+        ggml_tensor * K = ggml_permute(ctx, ggml_view_3d(ctx, l.k_cache, head_dim_, n_head_kv_, n_kv_after,
+                                                         head_dim_ * sizeof(float), row, 0), 0, 2, 1, 3);  // [hd, kv, hkv]
+        ggml_tensor * V = ggml_cont(ctx, ggml_permute(ctx, ggml_view_3d(ctx, l.v_cache, head_dim_, n_head_kv_, n_kv_after,
+                                                         head_dim_ * sizeof(float), row, 0), 1, 2, 0, 3));  // [kv, hd, hkv]
+        ggml_tensor * Q = ggml_permute(ctx, q, 0, 2, 1, 3);                                            // [hd, n, heads]
+        ggml_tensor * kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, K, Q), t_mask_, 1.0f / std::sqrt((float) head_dim_), 0.0f);
+        ggml_tensor * o = ggml_cont(ctx, ggml_permute(ctx, ggml_mul_mat(ctx, V, kq), 0, 2, 1, 3));   // [hd, heads, n]
+        o = ggml_mul_mat(ctx, l.wo, ggml_reshape_2d(ctx, o, (int64_t) head_dim_ * n_head_, n));
 
-    ggml_tensor * a = ggml_add(ctx, resid, o);
-    ggml_tensor * m = norm(a, w.ffn_norm);
-    ggml_tensor * y = ggml_add(ctx, a, ggml_mul_mat(ctx, w.down, ggml_mul(ctx, ggml_silu(ctx, ggml_mul_mat(ctx, w.gate, m)),
-                                                                          ggml_mul_mat(ctx, w.up, m))));
+        ggml_tensor * a = ggml_add(ctx, resid, o);
+        ggml_tensor * m = norm(a, l.ffn_norm);
+        y = ggml_add(ctx, a, ggml_mul_mat(ctx, l.down, ggml_mul(ctx, ggml_silu(ctx, ggml_mul_mat(ctx, l.gate, m)),
+                                                                ggml_mul_mat(ctx, l.up, m))));
+    }
     t_y_ = y;
     // committed rows need the logits of the last row only (the depth-1 candidates)
     ggml_tensor * y_out = from_target ? ggml_view_2d(ctx, y, h, 1, y->nb[1], (size_t) (n - 1) * y->nb[1]) : y;

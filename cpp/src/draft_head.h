@@ -95,6 +95,7 @@ private:
     // through fc); otherwise tree rows with the head's own outputs as inputs.
     void eval(const llama_token * tokens, const float * inputs, bool from_target, const int32_t * pos, int32_t n);
     ggml_cgraph * build(int32_t n, int32_t n_kv_after, bool from_target);
+    size_t graph_nodes() const;  // room for the graph of build()
 
     std::string path_;
     bool eagle3_ = false, norm_before_residual_ = false;

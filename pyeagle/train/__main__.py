@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train an EAGLE-3 head (the data needs taps: `python -m pyeagle.train taps`)")
     f.add_argument("--ff", type=int, default=0,
                    help="FFN width of the head (0: the target's); with --init from a narrower head it is widened")
+    f.add_argument("--layers", type=int, default=1,
+                   help="decoder layers of an EAGLE-1/2 head; with --init from a head of fewer, the new ones "
+                        "start as the identity")
 
     v = sub.add_parser("eval", help="held-out agreement of a trained head (top-1, chains of drafts)")
     v.add_argument("--run", required=True, type=Path, help="run directory, or an EAGLE-1/2 head GGUF (data it never saw)")
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         fit(args.data, args.out, model, draft_vocab=args.draft_vocab, epochs=args.epochs, lr=args.lr, seq=args.seq,
             batch=args.batch, seed=args.seed, n_threads=args.threads, minutes=args.minutes, unroll=args.unroll,
             init=args.init, bf16=args.bf16, token_weight=args.token_weight, ff=args.ff,
-            eagle3=args.eagle3)
+            eagle3=args.eagle3, layers=args.layers)
         return 0
     if args.cmd == "eval":
         import json

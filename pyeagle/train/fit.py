@@ -51,6 +51,7 @@ class HeadConfig:
     context_length: int
     taps: tuple[int, ...] = ()  # EAGLE-3: the target layers fc reads (inputs; n_layer: the output); () for EAGLE-1/2
     n_layer: int = 0            # the target's layer count (tap n_layer: the last layer's output)
+    layers: int = 1             # the head's own decoder layers (EAGLE-1/2; EAGLE-1's cnets.py takes several)
 
     @property
     def head_dim(self) -> int:
@@ -95,21 +96,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-b, a], dim=-1)
 
 
-class EagleHead(nn.Module):
-    """EAGLE-1/2 head with the official parameter names (fc, layers.0.*)."""
-    input_key = "f"  # the batch field step 0 reads: the target's feature
-
-    def __init__(self, cfg: HeadConfig):
-        super().__init__()
-        h = cfg.hidden
-        self.cfg = cfg
-        self.fc = nn.Linear(2 * h, h, bias=True)
-        self._layer(cfg, h)
-        # start as "the next feature is the current one": fc passes the feature half through
-        with torch.no_grad():
-            self.fc.weight.normal_(std=0.02)
-            self.fc.weight[:, h:] += torch.eye(h)
-            self.fc.bias.zero_()
+class _Layer(nn.Module):
+    """Attention + FFN of one decoder layer (the first layer's parameters live on the head itself,
+    so that they keep the names runs have always saved)."""
+    cfg: HeadConfig
 
     def _layer(self, cfg: HeadConfig, attn_in: int) -> None:
         h, d = cfg.hidden, cfg.head_dim
@@ -125,15 +115,6 @@ class EagleHead(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
         self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).double() / d),
                              persistent=False)
-
-    def _inputs(self, e: torch.Tensor, x: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attention input, residual) of a row from its token embedding e and its input x (a
-        feature, the target's at step 0 and the head's own output after)."""
-        z = self.fc(torch.cat([e, x], dim=-1))
-        return z, z
-
-    def logits(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return y @ w.T
 
     def _qkv(self, a: torch.Tensor, pos: torch.Tensor):
         cfg, (B, L, _) = self.cfg, a.shape
@@ -155,11 +136,80 @@ class EagleHead(nn.Module):
         n = rms_norm(a, self.post_attention_layernorm, cfg.eps)
         return a + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
 
+    def _layer_state(self, p: str) -> dict[str, torch.Tensor]:
+        a, m = p + "self_attn.", p + "mlp."
+        return {a + "q_proj.weight": self.q_proj.weight, a + "k_proj.weight": self.k_proj.weight,
+                a + "v_proj.weight": self.v_proj.weight, a + "o_proj.weight": self.o_proj.weight,
+                p + "post_attention_layernorm.weight": self.post_attention_layernorm,
+                m + "gate_proj.weight": self.gate_proj.weight, m + "up_proj.weight": self.up_proj.weight,
+                m + "down_proj.weight": self.down_proj.weight}
+
+
+class LaterLayer(_Layer):
+    """Decoder layer i >= 1 of a multi-layer EAGLE-1/2 head (`layers.i.*`). As in EAGLE-1's
+    cnets.py, a later layer normalises its input (input_layernorm); the first does not. It starts
+    as the identity (o_proj and down_proj zero), so adding it keeps the head's function."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        self._layer(cfg, cfg.hidden)
+        self.input_layernorm = nn.Parameter(torch.ones(cfg.hidden))
+        with torch.no_grad():
+            self.o_proj.weight.zero_()
+            self.down_proj.weight.zero_()
+
+    def layer_state(self, i: int) -> dict[str, torch.Tensor]:
+        return {f"layers.{i}.input_layernorm.weight": self.input_layernorm, **self._layer_state(f"layers.{i}.")}
+
+
+class EagleHead(_Layer):
+    """EAGLE-1/2 head with the official parameter names (fc, layers.0.*, and layers.i.* for a head
+    of several layers)."""
+    input_key = "f"  # the batch field step 0 reads: the target's feature
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        h = cfg.hidden
+        self.cfg = cfg
+        self.fc = nn.Linear(2 * h, h, bias=True)
+        self._layer(cfg, h)
+        self.later = nn.ModuleList(LaterLayer(cfg) for _ in range(cfg.layers - 1))
+        # start as "the next feature is the current one": fc passes the feature half through
+        with torch.no_grad():
+            self.fc.weight.normal_(std=0.02)
+            self.fc.weight[:, h:] += torch.eye(h)
+            self.fc.bias.zero_()
+
+    def _inputs(self, e: torch.Tensor, x: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention input, residual) of a row from its token embedding e and its input x (a
+        feature, the target's at step 0 and the head's own output after)."""
+        z = self.fc(torch.cat([e, x], dim=-1))
+        return z, z
+
+    def logits(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return y @ w.T
+
+    def _step(self, e, x, first: bool, pos, mask, kv: list[list]) -> torch.Tensor:
+        """One drafting step of every row through all layers (see _through_layers)."""
+        return self._through_layers(*self._inputs(e, x, first), pos, mask, kv)
+
+    def _through_layers(self, a, y, pos, mask, kv: list[list]) -> torch.Tensor:
+        """The layers on rows with first-layer attention input a and residual y. kv[l] holds layer
+        l's (K, V) of the earlier steps; this step's are appended, and mask covers their concatenation."""
+        for i, layer in enumerate([self, *self.later]):
+            if i:
+                a = rms_norm(y, layer.input_layernorm, self.cfg.eps)
+            q, k, v = layer._qkv(a, pos)
+            kv[i].append((k, v))
+            y = layer._attend(y, q, torch.cat([k for k, _ in kv[i]], dim=2), torch.cat([v for _, v in kv[i]], dim=2),
+                              mask)
+        return y
+
     def forward(self, e: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """e: [B, L, h]; x: [B, L, h] features (EAGLE-3: [B, L, 3h] taps); pos: [B, L];
         mask: [B, L, L] bool (True: may attend). -> y [B, L, h]."""
-        a, r = self._inputs(e, x, True)
-        return self._attend(r, *self._qkv(a, pos), mask)
+        return self._step(e, x, True, pos, mask, [[] for _ in range(self.cfg.layers)])
 
     def unroll(self, e: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
                steps: int) -> list[torch.Tensor]:
@@ -170,31 +220,22 @@ class EagleHead(nn.Module):
         are the true ones: a chain only counts while its drafts are right. Rows with position < s
         have no such chain (they attend to themselves only; mask them out of any loss).
         Returns [y_0, ..., y_{steps-1}], each [B, L, h]."""
-        a, r = self._inputs(e, x, True)
-        q, k, v = self._qkv(a, pos)
-        ys, ks, vs = [self._attend(r, q, k, v, mask)], [k], [v]
+        kv = [[] for _ in range(self.cfg.layers)]
+        ys = [self._step(e, x, True, pos, mask, kv)]
         L = e.shape[1]
         i = torch.arange(L)
         for s in range(1, steps):
-            a, r = self._inputs(e, torch.cat([torch.zeros_like(ys[-1][:, :1]), ys[-1][:, :-1]], dim=1), False)
-            q, k, v = self._qkv(a, pos)
-            ks.append(k)
-            vs.append(v)
             blocks = [mask & (i[None, :] <= i[:, None] - s)]
             blocks += [mask & (i[None, :] == i[:, None] - (s - j)) for j in range(1, s + 1)]
-            ys.append(self._attend(r, q, torch.cat(ks, dim=2), torch.cat(vs, dim=2), torch.cat(blocks, dim=-1)))
+            ys.append(self._step(e, torch.cat([torch.zeros_like(ys[-1][:, :1]), ys[-1][:, :-1]], dim=1), False, pos,
+                                 torch.cat(blocks, dim=-1), kv))
         return ys
 
-    def _layer_state(self, p: str) -> dict[str, torch.Tensor]:
-        a, m = p + "self_attn.", p + "mlp."
-        return {a + "q_proj.weight": self.q_proj.weight, a + "k_proj.weight": self.k_proj.weight,
-                a + "v_proj.weight": self.v_proj.weight, a + "o_proj.weight": self.o_proj.weight,
-                p + "post_attention_layernorm.weight": self.post_attention_layernorm,
-                m + "gate_proj.weight": self.gate_proj.weight, m + "up_proj.weight": self.up_proj.weight,
-                m + "down_proj.weight": self.down_proj.weight}
-
     def eagle_state_dict(self) -> dict[str, torch.Tensor]:
-        return {"fc.weight": self.fc.weight, "fc.bias": self.fc.bias, **self._layer_state("layers.0.")}
+        out = {"fc.weight": self.fc.weight, "fc.bias": self.fc.bias, **self._layer_state("layers.0.")}
+        for i, layer in enumerate(self.later, 1):
+            out.update(layer.layer_state(i))
+        return out
 
 
 class Eagle3Head(EagleHead):
@@ -215,7 +256,10 @@ class Eagle3Head(EagleHead):
             for k, layer in enumerate(cfg.taps):
                 if cfg.n_layer and layer == cfg.n_layer:
                     self.fc.weight[:, k * h:(k + 1) * h] += torch.eye(h)
+        if cfg.layers != 1:
+            raise ValueError("an EAGLE-3 head has one layer (midlayer)")
         self._layer(cfg, 2 * h)
+        self.later = nn.ModuleList()
         self.input_layernorm = nn.Parameter(torch.ones(h))
         self.hidden_norm = nn.Parameter(torch.ones(h))
         # the target's final norm: logits start on the target's scale
@@ -349,6 +393,7 @@ class FitConfig:
     token_weight: float = P_WEIGHT
     ff: int = 0
     eagle3: bool = False
+    layers: int = 1
     n_rows: int = 0
     n_val_seqs: int = 0
 
@@ -445,7 +490,7 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
         seq: int = 512, batch: int = 4, seed: int = 0, n_threads: int = 0, minutes: float = 0,
         steps: int = 0, save_every_s: float = 300, progress: bool = True, unroll: int = 1,
         init: Path | None = None, bf16: bool = False, token_weight: float = P_WEIGHT, ff: int = 0,
-        eagle3: bool = False) -> dict:
+        eagle3: bool = False, layers: int = 1) -> dict:
     """Trains (or continues training) the head in `run`; stops at the end, after `minutes` or
     after `steps` more steps (0: no limit). Returns a summary (with held-out accuracy at the end).
 
@@ -455,7 +500,9 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
     matrix products in bfloat16 (torch autocast; weights, optimizer and losses stay float32):
     about 2x faster on CPUs with AVX512-BF16 or AMX, slow on others. token_weight is the weight of
     the token loss against the feature loss (1). ff > 0 sets the head's FFN width (default: the
-    target's); with init from a narrower head, widen_ffn keeps its function.
+    target's); with init from a narrower head, widen_ffn keeps its function. layers > 1 gives an
+    EAGLE-1/2 head several decoder layers; with init from a head of fewer, the added layers start
+    as the identity (LaterLayer), so it too keeps the head's function.
 
     eagle3 trains an EAGLE-3 head instead (Eagle3Head): the data must have taps (`add_taps`);
     the loss is the token loss alone, as in EAGLE-3 (its output is not the target's feature)."""
@@ -468,6 +515,10 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
     cfg, w_full, e_full = target_config_and_matrices(model)
     if ff:
         cfg = replace(cfg, ff=ff)
+    if layers != 1:
+        if eagle3:
+            raise SystemExit("--layers: an EAGLE-3 head has one layer")
+        cfg = replace(cfg, layers=layers)
     rows = build_rows(load(data_dir))
     if eagle3:
         layers = read_meta(data_dirs(data_dir)[0]).get("taps")  # load() checked that every directory agrees
@@ -480,7 +531,7 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
     n_val = max(1, n_seqs // 50)
     val_seqs, train_seqs = np.sort(order[:n_val]), order[n_val:]
     fc = FitConfig(model=str(model), draft_vocab=draft_vocab, epochs=epochs, lr=lr, seq=seq, batch=batch, seed=seed,
-                   unroll=unroll, init=str(init or ""), bf16=bf16, token_weight=token_weight, ff=ff, eagle3=eagle3, n_rows=int(rows.mask.sum()), n_val_seqs=int(n_val))
+                   unroll=unroll, init=str(init or ""), bf16=bf16, token_weight=token_weight, ff=ff, eagle3=eagle3, layers=layers, n_rows=int(rows.mask.sum()), n_val_seqs=int(n_val))
 
     vocab_file = run / "draft_vocab.npy"
     if vocab_file.exists():
@@ -506,7 +557,7 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
     if init is not None and Path(init).suffix == ".gguf":
         load_gguf_weights(head, Path(init))
     elif init is not None:
-        head.load_state_dict(widen_ffn(torch.load(Path(init) / "state.pt", weights_only=False)["head"], cfg.ff))
+        load_grown(head, widen_ffn(torch.load(Path(init) / "state.pt", weights_only=False)["head"], cfg.ff))
     steps_per_epoch = math.ceil(len(pack(rows, train_seqs, seq)) / batch)
     total = max(1, int(steps_per_epoch * epochs))
     warm = min(200, total // 10 + 1)
@@ -616,13 +667,24 @@ def widen_ffn(state: dict[str, torch.Tensor], ff: int, seed: int = 0) -> dict[st
     return out
 
 
+def load_grown(head: EagleHead, state: dict[str, torch.Tensor]) -> None:
+    """Loads a head's state into `head`, which may have more layers than the state: those keep
+    their identity start (LaterLayer)."""
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("later.") for k in missing):
+        raise SystemExit(f"--init does not fit this head: missing {missing}, unexpected {unexpected}")
+    have = {k.split(".")[1] for k in state if k.startswith("later.")}
+    if len(have) >= len(head.later) and missing:
+        raise SystemExit(f"--init does not fit this head: missing {missing}")
+
+
 def load_gguf_weights(head: EagleHead, path: Path) -> None:
     """Sets head's trained weights from an EAGLE-1/2 head GGUF (e.g. the shipped head, to continue
     training it): dequantised, q/k rows permuted back to HF's rotate-half order. The head's LM
     head is not read (training uses the target's output rows)."""
     import gguf
 
-    from ..convert import EAGLE12_TENSORS, unpermute_rows
+    from ..convert import gguf_tensor_name, unpermute_rows
 
     if head.cfg.taps:
         raise SystemExit("--init from a GGUF file takes EAGLE-1/2 heads only")
@@ -630,9 +692,13 @@ def load_gguf_weights(head: EagleHead, path: Path) -> None:
     tensors = {t.name: t for t in r.tensors}
     cfg = head.cfg
     for name, param in head.eagle_state_dict().items():
-        t = tensors.get(EAGLE12_TENSORS[name][0])
+        layer = int(name.split(".")[1]) if name.startswith("layers.") else 0
+        gname = gguf_tensor_name(name)
+        if layer and gname not in tensors and f"blk.{layer}.attn_q.weight" not in tensors:
+            continue  # a head with fewer layers: the added ones keep their identity start
+        t = tensors.get(gname)
         if t is None:
-            raise SystemExit(f"{path}: no tensor {EAGLE12_TENSORS[name][0]} ({name}): not an EAGLE-1/2 head GGUF")
+            raise SystemExit(f"{path}: no tensor {gname} ({name}): not an EAGLE-1/2 head GGUF")
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(tuple(reversed(t.shape.tolist())))
         if w.shape != tuple(param.shape):
             raise SystemExit(f"{path}: {name} has shape {w.shape}, this head {tuple(param.shape)} (another target or --ff?)")
@@ -714,7 +780,7 @@ def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype:
         "architectures": ["LlamaForCausalLMEagle3" if cfg.taps else "LlamaForCausalLM"], "model_type": "llama",
         "hidden_act": "silu",
         "hidden_size": cfg.hidden, "intermediate_size": cfg.ff, "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head_kv, "num_hidden_layers": 1, "rms_norm_eps": cfg.eps,
+        "num_key_value_heads": cfg.n_head_kv, "num_hidden_layers": cfg.layers, "rms_norm_eps": cfg.eps,
         "rope_theta": cfg.rope_theta, "rope_scaling": None, "max_position_embeddings": cfg.context_length,
         "vocab_size": cfg.vocab, "bias": True, "torch_dtype": "float32",
     }
