@@ -1,0 +1,78 @@
+"""Where a head agrees with its target: top-1 agreement on answer rows, by the target's own confidence.
+
+    python benchmarks/head_agreement.py HEAD DATA [DATA ...] [-t 1] [--seq 1024]
+
+HEAD is a head GGUF (EAGLE-1/2, e.g. the shipped one) or a `train fit` run directory; DATA are
+self-distillation directories (`python -m pyeagle.train data`), read whole. For every answer row
+(feature t, token t+1 -> the draft of token t+2) it compares the head's first draft with the
+target's token and buckets the rows by the target's probability of its own top token there
+(softmax of the target's output matrix times the stored feature t+1). A head that misses
+tokens its target is sure of lacks what the target computes, not luck. Also: the share of
+misses that name the token after the wanted one (the head skipping a token ahead).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyeagle.models import default_target
+from pyeagle.train import fit as tfit
+
+EDGES = (0.0, 0.3, 0.5, 0.7, 0.9, 0.99, 1.01)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("head", type=Path, help="head GGUF or `train fit` run directory")
+    ap.add_argument("data", type=Path, nargs="+", help="self-distillation data directories")
+    ap.add_argument("-m", "--model", help="target GGUF the data was made with (default: the embedded default)")
+    ap.add_argument("--seq", type=int, default=1024, help="rows per window (a sequence is cut after this many)")
+    ap.add_argument("-t", "--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = args.model or str(default_target())
+    head, rows, windows, emb, w_d, to_draft = tfit._held_out(args.head, args.data, model, args.seq, True)
+    valid = torch.nonzero(to_draft >= 0).flatten()
+    ids = torch.empty(len(valid), dtype=torch.long)
+    ids[to_draft[valid]] = valid  # draft id -> target id
+    w_full = torch.from_numpy(tfit.target_config_and_matrices(model)[1])
+    k = len(EDGES) - 1
+    count, hit = np.zeros(k), np.zeros(k)
+    n = ok = miss = skip = 0
+    head.eval()
+    with torch.no_grad():
+        for i in range(0, len(windows), 8):
+            bt = tfit.make_batch(rows, windows[i:i + 8], args.seq)
+            m = bt["w"] > 0
+            y = head.unroll(emb[bt["tok"]], bt[head.input_key], bt["pos"], bt["mask"], 1)[0]
+            pred = ids[head.logits(y, w_d).argmax(-1)]
+            want = bt["nexttok"]
+            after = torch.cat([want[:, 1:], torch.full_like(want[:, :1], -1)], dim=1)  # token t+3, same window
+            p_top = torch.softmax(bt["y"][m] @ w_full.T, dim=-1).max(-1).values.numpy()
+            right = (pred == want)[m].numpy()
+            b = np.digitize(p_top, EDGES) - 1
+            for j in range(k):
+                count[j] += (b == j).sum()
+                hit[j] += right[b == j].sum()
+            n += int(m.sum())
+            ok += int(right.sum())
+            wrong = m & (pred != want)
+            miss += int(wrong.sum())
+            skip += int((wrong & (pred == after)).sum())
+    print(f"# Head agreement by the target's confidence: `{args.head}`\n\n"
+          f"command: `python benchmarks/head_agreement.py {' '.join(sys.argv[1:])}`\n\n"
+          f"{n} answer rows of {', '.join(str(d) for d in args.data)}; head top-1 {ok / max(n, 1):.3f}; "
+          f"of its misses, {skip / max(miss, 1):.3f} name the token after the wanted one\n")
+    print("| target's top probability | share of rows | head top-1 |\n|---|---|---|")
+    for j in range(k):
+        label = f"[{EDGES[j]:.2f}, 1]" if j == k - 1 else f"[{EDGES[j]:.2f}, {EDGES[j + 1]:.2f})"
+        print(f"| {label} | {count[j] / max(n, 1):.3f} | {hit[j] / max(count[j], 1):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
