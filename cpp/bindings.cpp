@@ -248,6 +248,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_feature", &draft_head::n_feature)
         .def_property_readonly("n_draft_vocab", &draft_head::n_draft_vocab)
         .def_property_readonly("head_dim", &draft_head::head_dim)
+        .def_property_readonly("n_layer", &draft_head::n_layer)
         .def_property_readonly("device", &draft_head::device, "the ggml backend the head runs on")
         .def_property_readonly("norm_before_residual", &draft_head::norm_before_residual)
         .def_property_readonly("tap_layers", &draft_head::tap_layers)

@@ -112,10 +112,12 @@ def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: in
                   n_head_kv: int = 2, ff: int = 128, fmt: str = "safetensors", dtype: str = "fp32",
                   fc_bias: bool = True, qkv_bias: bool = False, embed: bool = True, prefix: str = "",
                   draft_vocab: int | None = None, head_dim: int | None = None, rope_theta: float = 10000.0,
-                  config_extra: dict | None = None, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+                  config_extra: dict | None = None, seed: int = 0,
+                  layers: int = 1) -> tuple[dict, dict[str, np.ndarray]]:
     """An EAGLE-1/2 head (SafeAILab layout). draft_vocab adds a reduced LM head + d2t offsets,
-    the layout pyeagle's own trainer uses. n_layer is accepted (and ignored) so that
-    **target_dims(...) can be passed."""
+    the layout pyeagle's own trainer uses. layers > 1: a head of several decoder layers (EAGLE-1's
+    cnets.py; each later layer has an input_layernorm). n_layer (the target's) is accepted and
+    ignored, so that **target_dims(...) can be passed."""
     del n_layer
     r = _Rand(seed)
     d = head_dim or hidden // n_head
@@ -126,6 +128,7 @@ def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: in
         cfg["bias"] = False
     if qkv_bias:
         cfg["qkv_bias"] = True
+    cfg["num_hidden_layers"] = layers
     cfg.update(config_extra or {})
 
     t: dict[str, np.ndarray] = {}
@@ -134,19 +137,23 @@ def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: in
     t["fc.weight"] = r.mat(hidden, 2 * hidden)
     if fc_bias:
         t["fc.bias"] = r.vec(hidden, 0.1)
-    a = "layers.0.self_attn."
-    t[a + "q_proj.weight"] = r.mat(n_head * d, hidden, 1.5)
-    t[a + "k_proj.weight"] = r.mat(n_head_kv * d, hidden, 1.5)
-    t[a + "v_proj.weight"] = r.mat(n_head_kv * d, hidden)
-    if qkv_bias:
-        t[a + "q_proj.bias"] = r.vec(n_head * d, 0.1)
-        t[a + "k_proj.bias"] = r.vec(n_head_kv * d, 0.1)
-        t[a + "v_proj.bias"] = r.vec(n_head_kv * d, 0.1)
-    t[a + "o_proj.weight"] = r.mat(hidden, n_head * d)
-    t["layers.0.post_attention_layernorm.weight"] = r.norm(hidden)
-    t["layers.0.mlp.gate_proj.weight"] = r.mat(ff, hidden)
-    t["layers.0.mlp.up_proj.weight"] = r.mat(ff, hidden)
-    t["layers.0.mlp.down_proj.weight"] = r.mat(hidden, ff)
+    for i in range(layers):
+        L = f"layers.{i}."
+        if i:
+            t[L + "input_layernorm.weight"] = r.norm(hidden)
+        a = L + "self_attn."
+        t[a + "q_proj.weight"] = r.mat(n_head * d, hidden, 1.5)
+        t[a + "k_proj.weight"] = r.mat(n_head_kv * d, hidden, 1.5)
+        t[a + "v_proj.weight"] = r.mat(n_head_kv * d, hidden)
+        if qkv_bias:
+            t[a + "q_proj.bias"] = r.vec(n_head * d, 0.1)
+            t[a + "k_proj.bias"] = r.vec(n_head_kv * d, 0.1)
+            t[a + "v_proj.bias"] = r.vec(n_head_kv * d, 0.1)
+        t[a + "o_proj.weight"] = r.mat(hidden, n_head * d)
+        t[L + "post_attention_layernorm.weight"] = r.norm(hidden)
+        t[L + "mlp.gate_proj.weight"] = r.mat(ff, hidden)
+        t[L + "mlp.up_proj.weight"] = r.mat(ff, hidden)
+        t[L + "mlp.down_proj.weight"] = r.mat(hidden, ff)
     if draft_vocab is not None:
         t["lm_head.weight"] = r.mat(draft_vocab, hidden, 3.0)
         t["d2t"] = _d2t_offsets(r.rng, draft_vocab, vocab)

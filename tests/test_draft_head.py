@@ -77,6 +77,7 @@ VARIANTS = {
                                    config_extra={"rope_scaling": {"type": "linear", "factor": 2.0}}),
     "eagle12_llama3": dict(kind="eagle12", embed=False, rope_theta=500.0, config_extra={"rope_scaling": LLAMA3}),
     "eagle12_yarn": dict(kind="eagle12", embed=False, rope_theta=500.0, config_extra={"rope_scaling": YARN}),
+    "eagle12_three_layers": dict(kind="eagle12", qkv_bias=True, draft_vocab=100, layers=3),
     "eagle3": dict(kind="eagle3", taps=[0, 2, 3]),
     "eagle3_final_tap_llama3": dict(kind="eagle3", taps=[1, 2, 4], embed=True, rope_theta=500.0,
                                     config_extra={"rope_scaling": LLAMA3}),
@@ -107,6 +108,7 @@ def test_forward_matches_numpy_reference(tiny_target, tmp_path, variant, outtype
     assert head.eagle3 == eagle3
     if "headdim" in variant:
         assert head.head_dim == 32 != head.n_embd // 4
+    assert head.n_layer == VARIANTS[variant].get("layers", 1)
     ref = EagleRef(ck, tiny_target)
     assert head.norm_before_residual == ref.norm_before_residual
     for got, want in run_both(head, ref, tgt, eagle3, np.random.default_rng(0)):

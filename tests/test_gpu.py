@@ -42,12 +42,14 @@ def models(tmp_path_factory):
     target = write_tiny_llama(d / "target.gguf", TinySpec(n_layer=2, output_scale=5.0, seed=7))
     dims = target_dims(target)
     write_eagle12(d / "e12", **dims, embed=False)  # borrows the target's output matrix (on the device)
+    write_eagle12(d / "e12x3", **dims, embed=False, layers=3, qkv_bias=True)  # a head of three layers
     write_eagle3(d / "e3", **dims, taps=[0, 1, 1], config_extra={"norm_before_residual": True, "rope_scaling": {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16}})
     write_eagle3(d / "e3f", **dims, taps=[0, 1, 2])  # tap 2: the last layer's output
     return {"target": str(target), "e12_ckpt": d / "e12", "e3_ckpt": d / "e3",
             "eagle12": str(convert(d / "e12", target, d / "e12.gguf")),
+            "e12x3_ckpt": d / "e12x3", "eagle12_three_layers": str(convert(d / "e12x3", target, d / "e12x3.gguf")),
             "eagle3": str(convert(d / "e3", target, d / "e3.gguf")),
             "eagle3_final_tap": str(convert(d / "e3f", target, d / "e3f.gguf"))}
 
@@ -91,15 +93,16 @@ def test_tree_verify_equals_chain_decode_on_the_device(models):
         np.testing.assert_allclose(got[node], t.last_logits(), rtol=0, atol=LOGIT_TOL * spread(got[node]))
 
 
-@pytest.mark.parametrize("kind", ["eagle12", "eagle3"])
+@pytest.mark.parametrize("kind", ["eagle12", "eagle3", "eagle12_three_layers"])
 def test_head_forward_on_the_device_matches_the_reference(models, kind):
     """The head runs on the device that holds the target's output matrix, and computes there what
-    the NumPy reference computes on the checkpoint (EAGLE-1/2 with the target's output matrix;
-    EAGLE-3 with llama3 RoPE and norm_before_residual)."""
+    the NumPy reference computes on the checkpoint (EAGLE-1/2 with the target's output matrix, of
+    one layer and of three; EAGLE-3 with llama3 RoPE and norm_before_residual)."""
     tgt = Target(models["target"], n_gpu_layers=ALL, n_ctx=256, n_threads=2)
     head = DraftHead(models[kind], tgt, n_ctx=64, n_batch=16)
     assert head.device != "CPU", head.device
-    ref = EagleRef(models["e12_ckpt" if kind == "eagle12" else "e3_ckpt"], models["target"])
+    ref = EagleRef(models[{"eagle12": "e12_ckpt", "eagle3": "e3_ckpt", "eagle12_three_layers": "e12x3_ckpt"}[kind]],
+                   models["target"])
     for got, want in run_both(head, ref, tgt, kind == "eagle3", np.random.default_rng(0)):
         np.testing.assert_allclose(got, want, rtol=0, atol=LOGIT_TOL * spread(want))
 

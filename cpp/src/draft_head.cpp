@@ -454,6 +454,8 @@ void draft_head::embed(const llama_token * tokens, int32_t n) {
     }
 }
 
+int32_t draft_head::n_layer() const { return (int32_t) w_->layers.size(); }
+
 size_t draft_head::graph_nodes() const { return 256 + 64 * w_->layers.size(); }  // ~40 nodes a layer
 
 std::string draft_head::device() const { return ggml_backend_name(backend_.get()); }

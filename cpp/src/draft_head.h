@@ -50,6 +50,7 @@ public:
 
     bool    eagle3()        const { return eagle3_; }
     int32_t head_dim()      const { return head_dim_; }
+    int32_t n_layer()       const;  // decoder layers (EAGLE-1/2 may have several)
     bool    norm_before_residual() const { return norm_before_residual_; }
     const rope_params & rope() const { return rope_; }
     int32_t n_embd()        const { return n_embd_; }
