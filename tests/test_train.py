@@ -271,6 +271,14 @@ def test_added_layers_keep_the_function():
             "layers.1.mlp.down_proj.weight"} <= names and len(names) == len(one.eagle_state_dict()) + 9
     with pytest.raises(SystemExit, match="does not fit"):
         tfit.load_grown(one, two.state_dict())
+    for prm in two.later.parameters():  # a trained second layer
+        prm.data += 0.1 * torch.randn_like(prm)
+    wide = tfit.EagleHead(tfit.replace(two.cfg, ff=80))  # both layers widened, the function kept
+    wide.load_state_dict(tfit.widen_ffn(two.state_dict(), 80))
+    assert wide.later[0].gate_proj.weight.shape == (80, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(e, f, pos, mask), two(e, f, pos, mask))
+        assert not torch.allclose(two(e, f, pos, mask), one(e, f, pos, mask))
 
 
 def test_eagle3_head_starts_by_passing_the_last_layer_output_through():

@@ -651,7 +651,8 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
 
 def widen_ffn(state: dict[str, torch.Tensor], ff: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A head's state with its FFN widened to `ff` units and the same function: the new units'
-    gate/up rows are initialised as usual (std 0.02), their down-projection columns are zero."""
+    gate/up rows are initialised as usual (std 0.02), their down-projection columns are zero.
+    Every layer's FFN is widened (the first layer's keys have no prefix, later ones `later.i.`)."""
     old = state["gate_proj.weight"].shape[0]
     if ff <= old:
         if ff < old:
@@ -659,11 +660,12 @@ def widen_ffn(state: dict[str, torch.Tensor], ff: int, seed: int = 0) -> dict[st
         return state
     g = torch.Generator().manual_seed(seed)
     out = dict(state)
-    for k in ("gate_proj.weight", "up_proj.weight"):
-        w = state[k]
-        out[k] = torch.cat([w, torch.randn(ff - old, w.shape[1], generator=g, dtype=w.dtype) * 0.02])
-    w = state["down_proj.weight"]
-    out["down_proj.weight"] = torch.cat([w, torch.zeros(w.shape[0], ff - old, dtype=w.dtype)], dim=1)
+    for p in [k[:-len("gate_proj.weight")] for k in state if k.endswith("gate_proj.weight")]:
+        for k in ("gate_proj.weight", "up_proj.weight"):
+            w = state[p + k]
+            out[p + k] = torch.cat([w, torch.randn(ff - old, w.shape[1], generator=g, dtype=w.dtype) * 0.02])
+        w = state[p + "down_proj.weight"]
+        out[p + "down_proj.weight"] = torch.cat([w, torch.zeros(w.shape[0], ff - old, dtype=w.dtype)], dim=1)
     return out
 
 
