@@ -70,6 +70,7 @@ EAGLE12_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "d2t":                                      ("d2t",                      ("Vd",)),
 }
 
+
 def gguf_tensor_name(name: str) -> str:
     """GGUF name of an EAGLE-1/2 checkpoint tensor; `layers.i.*` of a head with several layers
     (EAGLE-1's cnets.py) become `blk.i.*`, their input_layernorm `blk.i.attn_norm.weight`."""

@@ -521,10 +521,10 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
         cfg = replace(cfg, layers=layers)
     rows = build_rows(load(data_dir))
     if eagle3:
-        layers = read_meta(data_dirs(data_dir)[0]).get("taps")  # load() checked that every directory agrees
-        if rows.taps is None or not layers:
+        taps = read_meta(data_dirs(data_dir)[0]).get("taps")  # load() checked that every directory agrees
+        if rows.taps is None or not taps:
             raise SystemExit(f"{data_dir} has no EAGLE-3 taps: run `python -m pyeagle.train taps` on it first")
-        cfg = replace(cfg, taps=tuple(layers))
+        cfg = replace(cfg, taps=tuple(taps))
     n_seqs = len(rows.seq_start) - 1
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_seqs)
@@ -673,11 +673,9 @@ def load_grown(head: EagleHead, state: dict[str, torch.Tensor]) -> None:
     """Loads a head's state into `head`, which may have more layers than the state: those keep
     their identity start (LaterLayer)."""
     missing, unexpected = head.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("later.") for k in missing):
+    have = {k.split(".")[1] for k in state if k.startswith("later.")}  # later layers the state has
+    if unexpected or any(not k.startswith("later.") or k.split(".")[1] in have for k in missing):
         raise SystemExit(f"--init does not fit this head: missing {missing}, unexpected {unexpected}")
-    have = {k.split(".")[1] for k in state if k.startswith("later.")}
-    if len(have) >= len(head.later) and missing:
-        raise SystemExit(f"--init does not fit this head: missing {missing}")
 
 
 def load_gguf_weights(head: EagleHead, path: Path) -> None:
@@ -696,7 +694,7 @@ def load_gguf_weights(head: EagleHead, path: Path) -> None:
     for name, param in head.eagle_state_dict().items():
         layer = int(name.split(".")[1]) if name.startswith("layers.") else 0
         gname = gguf_tensor_name(name)
-        if layer and gname not in tensors and f"blk.{layer}.attn_q.weight" not in tensors:
+        if layer and f"blk.{layer}.attn_q.weight" not in tensors:
             continue  # a head with fewer layers: the added ones keep their identity start
         t = tensors.get(gname)
         if t is None:
