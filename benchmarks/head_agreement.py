@@ -8,7 +8,13 @@ self-distillation directories (`python -m pyeagle.train data`), read whole. For 
 target's token and buckets the rows by the target's probability of its own top token there
 (softmax of the target's output matrix times the stored feature t+1). A head that misses
 tokens its target is sure of lacks what the target computes, not luck. Also: the share of
-misses that name the token after the wanted one (the head skipping a token ahead).
+misses that name the token after the wanted one (the head skipping a token ahead) or repeat the
+input token t+1 (an echo of the head's own input), and agreement split by whether a one-token
+copy of the context is right: token t+1 occurred earlier in the same sequence (prompt included)
+and its last occurrence was followed by token t+2. Misses there are ones that a head reading its
+context the way the target does would not make. Last, a table by the head's own probability of its
+draft, split by whether that draft equals the one-token copy: how sharp a confidence the two give
+together (what a round policy could calibrate head drafts on).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from pyeagle.models import default_target
 from pyeagle.train import fit as tfit
 
 EDGES = (0.0, 0.3, 0.5, 0.7, 0.9, 0.99, 1.01)
+Q_EDGES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.01)
 
 
 def main() -> int:
@@ -42,14 +49,18 @@ def main() -> int:
     w_full = torch.from_numpy(tfit.target_config_and_matrices(model)[1])
     k = len(EDGES) - 1
     count, hit = np.zeros(k), np.zeros(k)
-    n = ok = miss = skip = 0
+    n = ok = miss = skip = echo = 0
+    seen_hit = np.zeros((2, 2))  # [head right][a one-token copy of the sequence so far is right]
+    by_q = np.zeros((len(Q_EDGES) - 1, 2, 2))  # [head probability bucket][draft == copy][rows, head right]
     head.eval()
     with torch.no_grad():
         for i in range(0, len(windows), 8):
             bt = tfit.make_batch(rows, windows[i:i + 8], args.seq)
             m = bt["w"] > 0
             y = head.unroll(emb[bt["tok"]], bt[head.input_key], bt["pos"], bt["mask"], 1)[0]
-            pred = ids[head.logits(y, w_d).argmax(-1)]
+            q, a = torch.softmax(head.logits(y, w_d), dim=-1).max(-1)
+            pred = ids[a]
+            qb = np.digitize(q.numpy(), Q_EDGES) - 1
             want = bt["nexttok"]
             after = torch.cat([want[:, 1:], torch.full_like(want[:, :1], -1)], dim=1)  # token t+3, same window
             p_top = torch.softmax(bt["y"][m] @ w_full.T, dim=-1).max(-1).values.numpy()
@@ -63,14 +74,38 @@ def main() -> int:
             wrong = m & (pred != want)
             miss += int(wrong.sum())
             skip += int((wrong & (pred == after)).sum())
+            echo += int((wrong & (pred == bt["tok"])).sum())
+            for b, w in enumerate(windows[i:i + 8]):  # pairs seen earlier, per packed sequence
+                r = 0
+                for a, e in w:
+                    last: dict[int, int] = {}  # token -> the token after its latest occurrence
+                    for t in range(r, r + e - a):
+                        cur, nxt = int(bt["tok"][b, t]), int(want[b, t])
+                        if m[b, t]:
+                            seen_hit[int(pred[b, t] == want[b, t]), int(last.get(cur) == nxt)] += 1
+                            by_q[qb[b, t], int(last.get(cur) == int(pred[b, t]))] += (1, int(pred[b, t] == nxt))
+                        last[cur] = nxt
+                    r += e - a
     print(f"# Head agreement by the target's confidence: `{args.head}`\n\n"
           f"command: `python benchmarks/head_agreement.py {' '.join(sys.argv[1:])}`\n\n"
           f"{n} answer rows of {', '.join(str(d) for d in args.data)}; head top-1 {ok / max(n, 1):.3f}; "
-          f"of its misses, {skip / max(miss, 1):.3f} name the token after the wanted one\n")
+          f"of its misses, {skip / max(miss, 1):.3f} name the token after the wanted one, "
+          f"{echo / max(miss, 1):.3f} repeat the input token\n")
+    seen_n = seen_hit.sum(0)
+    print(f"A one-token copy of the sequence so far (the token that followed token t+1 last time) is right on "
+          f"{seen_n[1] / max(n, 1):.3f} of the rows: head top-1 {seen_hit[1, 1] / max(seen_n[1], 1):.3f} there, "
+          f"{seen_hit[1, 0] / max(seen_n[0], 1):.3f} elsewhere; {seen_hit[0, 1] / max(miss, 1):.3f} of the misses "
+          f"are on such rows\n")
     print("| target's top probability | share of rows | head top-1 |\n|---|---|---|")
     for j in range(k):
         label = f"[{EDGES[j]:.2f}, 1]" if j == k - 1 else f"[{EDGES[j]:.2f}, {EDGES[j + 1]:.2f})"
         print(f"| {label} | {count[j] / max(n, 1):.3f} | {hit[j] / max(count[j], 1):.3f} |")
+    print("\nBy the head's probability of its draft, and whether the draft equals the one-token copy:\n")
+    print("| head's probability | rows, draft != copy | head top-1 | rows, draft == copy | head top-1 |\n|---|---|---|---|---|")
+    for j in range(len(Q_EDGES) - 1):
+        label = f"[{Q_EDGES[j]:.2f}, 1]" if j == len(Q_EDGES) - 2 else f"[{Q_EDGES[j]:.2f}, {Q_EDGES[j + 1]:.2f})"
+        (c0, h0), (c1, h1) = by_q[j]
+        print(f"| {label} | {c0 / max(n, 1):.3f} | {h0 / max(c0, 1):.3f} | {c1 / max(n, 1):.3f} | {h1 / max(c1, 1):.3f} |")
     return 0
 
 
