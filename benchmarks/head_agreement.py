@@ -58,8 +58,8 @@ def main() -> int:
             bt = tfit.make_batch(rows, windows[i:i + 8], args.seq)
             m = bt["w"] > 0
             y = head.unroll(emb[bt["tok"]], bt[head.input_key], bt["pos"], bt["mask"], 1)[0]
-            q, a = torch.softmax(head.logits(y, w_d), dim=-1).max(-1)
-            pred = ids[a]
+            q, top = torch.softmax(head.logits(y, w_d), dim=-1).max(-1)
+            pred = ids[top]
             qb = np.digitize(q.numpy(), Q_EDGES) - 1
             want = bt["nexttok"]
             after = torch.cat([want[:, 1:], torch.full_like(want[:, :1], -1)], dim=1)  # token t+3, same window
@@ -75,7 +75,7 @@ def main() -> int:
             miss += int(wrong.sum())
             skip += int((wrong & (pred == after)).sum())
             echo += int((wrong & (pred == bt["tok"])).sum())
-            for b, w in enumerate(windows[i:i + 8]):  # pairs seen earlier, per packed sequence
+            for b, w in enumerate(windows[i:i + 8]):  # the one-token copy, per packed sequence
                 r = 0
                 for a, e in w:
                     last: dict[int, int] = {}  # token -> the token after its latest occurrence

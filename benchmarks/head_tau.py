@@ -57,7 +57,7 @@ def main() -> int:
             aggs[n, None].add(s)
             aggs[n, p.category].add(s)
             rows.append({"n_tree": n, "id": p.id, "category": p.category, "tokens": s.n_tokens, "passes": s.n_passes})
-        # each size's total as soon as it is known (a 60-node run takes ~3x an 8-node one)
+        # each size's total as soon as it is known (a 60-node run takes several times an 8-node one)
         print(f"n_tree {n}: tau {aggs[n, None].tau:.3f}", file=sys.stderr, flush=True)
 
     print(f"# Head-alone tau: `{args.model_draft}`\n\ncommand: `python benchmarks/head_tau.py {' '.join(sys.argv[1:])}`\n\n"
