@@ -72,13 +72,17 @@ int32_t acceptance::match_bucket(int32_t n_match) {
     return n_match < 8 ? 4 : n_match < 16 ? 5 : n_match < 32 ? 6 : 7;
 }
 
-double acceptance::head(int32_t depth, double q) const {
-    return head_[std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].p(q, 3.0);
+double acceptance::head(int32_t depth, double q, bool copy) const {
+    return head_[copy][std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].p(copy ? 0.6 + 0.4 * q : q, 3.0);
 }
 
-void acceptance::count_head(int32_t depth, double q, bool hit) {
-    head_[std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].add(hit);
+void acceptance::count_head(int32_t depth, double q, bool copy, bool hit) {
+    head_[copy][std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].add(hit);
 }
+
+double acceptance::copy_child(int32_t depth) const { return copy_child_[std::clamp(depth, 1, n_depth) - 1].p(0.3, 3.0); }
+
+void acceptance::count_copy_child(int32_t depth, bool hit) { copy_child_[std::clamp(depth, 1, n_depth) - 1].add(hit); }
 
 // Priors (worth two tries each) until this engine has measured: inside a repeat copies are usually
 // right; outside one, the longer the match the likelier. A match in an earlier output is weaker
