@@ -93,6 +93,7 @@ private:
     using by_match = std::array<std::array<rate_count, 2>, n_match>;
     std::array<std::array<std::array<rate_count, n_q>, n_depth>, 2> head_{};
     std::array<rate_count, n_depth> copy_child_{};
+    std::array<std::array<std::array<double, n_q>, n_depth>, 2> head_q_{};  // sums of q (RATIO)
     std::array<by_match, 2> first_{};
     std::array<by_match, 2> next_{};
 };

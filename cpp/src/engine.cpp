@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
+#include <cstdio>
 
 namespace pyeagle {
 
@@ -301,8 +302,11 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
 void engine::count_head(const draft_tree & t, const std::vector<int32_t> & path) {
     std::vector<char> on_path(t.size(), 0);
     for (int32_t node : path) on_path[node] = 1;
+    static const bool cal = getenv("CALTRACE") != nullptr;
     for (int32_t i = 1; i < t.size(); ++i) {
         if (!on_path[t.parent[i]]) continue;
+        if (cal) fprintf(stderr, "CAL %d %d %.4f %.4f %d\n", t.q[i] >= 0 ? 1 : 0, t.depth[i],
+                         std::exp(t.score[i] - t.score[t.parent[i]]), t.q[i], (int) on_path[i]);
         if (t.q[i] >= 0) rs_->acc.count_head(t.depth[i], t.q[i], t.copy[i], on_path[i]);
         else if (t.copy[i]) rs_->acc.count_copy_child(t.depth[i], on_path[i]);
     }
