@@ -1,6 +1,6 @@
 """Head-alone acceptance (tau) on MT-bench, per tree size and per category, without the plain arm.
 
-    python benchmarks/head_tau.py -md HEAD.gguf [--sizes 8,60] [--depth 6] [--topk 10] [--lookup 0 | N [--no-tree-copies]]
+    python benchmarks/head_tau.py -md HEAD.gguf [--sizes 8,60] [--depth 6] [--topk 10] [--lookup 0]
                                   [-n 256] [-t 2] [--limit N] [--json OUT]
 
 Issue #17's measurement: every MT-bench first turn, greedy, fixed trees (the round policy off:
@@ -32,8 +32,6 @@ def main() -> int:
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--topk", type=int, default=10)
     ap.add_argument("--lookup", type=int, default=0, help="prompt-lookup tokens in the tree (0: head alone)")
-    ap.add_argument("--tree-copies", action=argparse.BooleanOptionalAction, default=True,
-                    help="with --lookup, the one-token copy after each expanded node as a candidate child (default: on)")
     ap.add_argument("-n", type=int, default=256, help="new tokens per prompt")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--json", help="write per-prompt results here")
@@ -45,7 +43,7 @@ def main() -> int:
         prompts = prompts[:args.limit]
     sizes = [int(s) for s in args.sizes.split(",")]
     eng = Engine(args.model, draft=args.model_draft, n_threads=args.threads, n_depth=args.depth, n_top_k=args.topk,
-                 n_lookup=args.lookup, tree_copies=args.tree_copies, adaptive=False)
+                 n_lookup=args.lookup, adaptive=False)
     template = ChatTemplate.from_target(eng.target, None)
     ids = [eng.tokenize(template.render([{"role": "user", "content": p.question}])) for p in prompts]
     cats = list(dict.fromkeys(p.category for p in prompts))
@@ -65,8 +63,7 @@ def main() -> int:
     print(f"# Head-alone tau: `{args.model_draft}`\n\ncommand: `python benchmarks/head_tau.py {' '.join(sys.argv[1:])}`\n\n"
           f"{len(prompts)} prompts "
           f"({args.prompts or 'MT-bench first turns'}), {args.n} new tokens, greedy, fixed trees, depth {args.depth}, "
-          f"top-k {args.topk}, prompt lookup {args.lookup}"
-          f"{', tree copies ' + ('on' if args.tree_copies else 'off') if args.lookup else ''}\n")
+          f"top-k {args.topk}, prompt lookup {args.lookup}\n")
     print("| n_tree | tau | " + " | ".join(cats) + " |\n|---|---|" + "---|" * len(cats))
     for n in sizes:
         print(f"| {n} | **{aggs[n, None].tau:.2f}** | " + " | ".join(f"{aggs[n, c].tau:.2f}" for c in cats) + " |")

@@ -331,7 +331,6 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("n_lookup", &gen_params::n_lookup)
         .def_readwrite("suffix", &gen_params::suffix)
         .def_readwrite("copy_only", &gen_params::copy_only)
-        .def_readwrite("tree_copies", &gen_params::tree_copies)
         .def_readwrite("store", &gen_params::store)
         .def_readwrite("remember", &gen_params::remember)
         .def_readwrite("draft", &gen_params::draft)
@@ -405,23 +404,17 @@ PYBIND11_MODULE(_core, m) {
                  const acceptance & a = e.policy_state().acc;
                  auto pairs = [](const rate_count & c) { return py::make_tuple(c.tried, c.hit); };
                  py::list head;
-                 py::list head_copy, copy_child;
-                 for (const auto & d : a.head_counts()[0]) { py::list r; for (const auto & c : d) r.append(pairs(c)); head.append(r); }
-                 for (const auto & d : a.head_counts()[1]) { py::list r; for (const auto & c : d) r.append(pairs(c)); head_copy.append(r); }
-                 for (const auto & c : a.copy_child_counts()) copy_child.append(pairs(c));
+                 for (const auto & d : a.head_counts()) { py::list r; for (const auto & c : d) r.append(pairs(c)); head.append(r); }
                  auto by_match = [&](const auto & table) {
                      py::list out;
                      for (const auto & b : table) out.append(py::make_tuple(pairs(b[0]), pairs(b[1])));
                      return out;
                  };
-                 return py::dict(py::arg("head") = head, py::arg("head_copy") = head_copy, py::arg("copy_child") = copy_child,
-                                 py::arg("lookup_first") = by_match(a.first_counts()[0]),
+                 return py::dict(py::arg("head") = head, py::arg("lookup_first") = by_match(a.first_counts()[0]),
                                  py::arg("lookup_next") = by_match(a.next_counts()[0]),
                                  py::arg("stored_first") = by_match(a.first_counts()[1]),
                                  py::arg("stored_next") = by_match(a.next_counts()[1]));
-             }, "the policy's acceptance counts (tried, hit): head[depth][q decile] (head drafts), head_copy[depth]"
-                "[q decile] (head drafts that are also the one-token copy after their parent), copy_child[depth] (that "
-                "copy where the head did not draft it), lookup_first[match bucket]"
+             }, "the policy's acceptance counts (tried, hit): head[depth][q decile], lookup_first[match bucket]"
                 "[streak], lookup_next[match bucket][streak] (copies from this context), stored_first / stored_next "
                 "(copies from earlier outputs); match buckets 1, 2, 3, 4, 5-7, 8-15, 16-31, 32+")
         .def("set_trace", &engine::set_trace, py::arg("on"), "test hook: record each round (trace())")

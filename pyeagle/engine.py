@@ -23,7 +23,7 @@ Prompt = Union[str, Sequence[int]]
 # acceptance rates of its drafts. So one set of defaults serves CPUs and GPUs. adaptive=False turns
 # the policy off: every round then verifies the head's n_tree best drafts (the tree sweep's mode).
 DEFAULT_TREE = dict(n_depth=8, n_top_k=8, n_tree=64, p_min=0.0, adaptive=True, n_lookup=64, suffix=False,
-                    copy_only=False, tree_copies=False, store=False)
+                    copy_only=False, store=False)
 
 # The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
 TREE_FLAGS = (("--draft-depth", "n_depth", int, "draft tree expansion steps (n_depth)"),
@@ -47,25 +47,20 @@ def add_tree_args(ap) -> None:
                          "matched suffix votes) instead of prompt-lookup chains (default: off)")
     ap.add_argument("--draft-copy-only", dest="copy_only", action=argparse.BooleanOptionalAction, default=None,
                     help="draft only copies (prompt lookup / suffix tree), never the head (default: off)")
-    ap.add_argument("--draft-tree-copies", dest="tree_copies", action=argparse.BooleanOptionalAction, default=None,
-                    help="with prompt lookup on, each node the head expands also gets the one-token copy after it "
-                         "(the token that followed its token last time) as a candidate child (default: off)")
     ap.add_argument("--draft-store", dest="store", action=argparse.BooleanOptionalAction, default=None,
                     help="copy drafts also from the engine's earlier outputs in this process (default: off)")
 
 
 def tree_kwargs(args) -> dict:
     """The tree options given on a command line (None: the engine's default)."""
-    names = [f[1] for f in TREE_FLAGS] + ["adaptive", "suffix", "copy_only", "tree_copies", "store"]
-    return {name: getattr(args, name) for name in names}
+    return {name: getattr(args, name) for name in [f[1] for f in TREE_FLAGS] + ["adaptive", "suffix", "copy_only", "store"]}
 
 
 def tree_argv(args) -> list[str]:
     """The tree options given on a command line, as flags again (for a child process)."""
     out = [x for flag, name, _, _ in TREE_FLAGS if getattr(args, name) is not None for x in (flag, str(getattr(args, name)))]
     for name, flag in (("adaptive", "--draft-adaptive"), ("suffix", "--draft-suffix"),
-                       ("copy_only", "--draft-copy-only"), ("tree_copies", "--draft-tree-copies"),
-                       ("store", "--draft-store")):
+                       ("copy_only", "--draft-copy-only"), ("store", "--draft-store")):
         if getattr(args, name) is not None:
             out.append(flag if getattr(args, name) else "--no-" + flag[2:])
     return out
@@ -96,8 +91,7 @@ class Engine:
                  n_depth: int | None = None, n_top_k: int | None = None, n_tree: int | None = None,
                  p_min: float | None = None, adaptive: bool | None = None, flash_attn: int = -1,
                  kv_f32: bool = False, n_lookup: int | None = None, suffix: bool | None = None,
-                 copy_only: bool | None = None, tree_copies: bool | None = None, store: bool | None = None,
-                 chat_template: str | None = None):
+                 copy_only: bool | None = None, store: bool | None = None, chat_template: str | None = None):
         if target is None:
             from . import models
             target = models.default_target()
@@ -112,7 +106,7 @@ class Engine:
                                       kv_f32=kv_f32)
         self.tree = with_overrides(DEFAULT_TREE, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
                                    adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only,
-                                   tree_copies=tree_copies, store=store)
+                                   store=store)
         self._lock = threading.Lock()
         self._chat_template_source = chat_template  # template text or a file; None: the GGUF's own, else ChatML
         self._chat_template = None
@@ -152,12 +146,11 @@ class Engine:
                  draft: bool = True, n_depth: int | None = None, n_top_k: int | None = None,
                  n_tree: int | None = None, p_min: float | None = None, adaptive: bool | None = None,
                  n_lookup: int | None = None, suffix: bool | None = None, copy_only: bool | None = None,
-                 tree_copies: bool | None = None, store: bool | None = None, remember: bool = True) -> Output:
+                 store: bool | None = None, remember: bool = True) -> Output:
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
                                remember, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
-                               adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only,
-                               tree_copies=tree_copies, store=store):
+                               adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only, store=store):
             if isinstance(piece, Output):
                 out = piece
         assert out is not None

@@ -1,5 +1,4 @@
 #include "budget.h"
-#include <cstdlib>
 
 #include <algorithm>
 #include <cmath>
@@ -73,29 +72,13 @@ int32_t acceptance::match_bucket(int32_t n_match) {
     return n_match < 8 ? 4 : n_match < 16 ? 5 : n_match < 32 ? 6 : 7;
 }
 
-// Experiment switches (environment): PRIORW prior weight, HALVE tries before halving, RATIO the
-// estimate q * hits / sum of q per bucket instead of the bucket's rate
-static double env_d(const char * k, double d) { const char * v = getenv(k); return v ? atof(v) : d; }
-double acceptance::head(int32_t depth, double q, bool copy) const {
-    static const double w = env_d("PRIORW", 3.0);
-    static const bool ratio = getenv("RATIO") != nullptr;
-    const int32_t d = std::clamp(depth, 1, n_depth) - 1, b = q_bucket(q);
-    if (ratio && !copy) { const auto & r = head_[0][d][b]; const double sq = head_q_[0][d][b]; return std::min(1.0, q * (r.hit + w * 0.5) / (sq + w * 0.5)); }
-    return head_[copy][d][b].p(copy ? 0.6 + 0.4 * q : q, w);
+double acceptance::head(int32_t depth, double q) const {
+    return head_[std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].p(q, 3.0);
 }
 
-void acceptance::count_head(int32_t depth, double q, bool copy, bool hit) {
-    static const double hv = env_d("HALVE", 256);
-    const int32_t d = std::clamp(depth, 1, n_depth) - 1, b = q_bucket(q);
-    auto & r = head_[copy][d][b];
-    double & sq = head_q_[copy][d][b];
-    if (r.tried >= hv) { r.tried *= 0.5; r.hit *= 0.5; sq *= 0.5; }
-    r.tried += 1; r.hit += hit ? 1 : 0; sq += q;
+void acceptance::count_head(int32_t depth, double q, bool hit) {
+    head_[std::clamp(depth, 1, n_depth) - 1][q_bucket(q)].add(hit);
 }
-
-double acceptance::copy_child(int32_t depth) const { return copy_child_[std::clamp(depth, 1, n_depth) - 1].p(0.3, 3.0); }
-
-void acceptance::count_copy_child(int32_t depth, bool hit) { copy_child_[std::clamp(depth, 1, n_depth) - 1].add(hit); }
 
 // Priors (worth two tries each) until this engine has measured: inside a repeat copies are usually
 // right; outside one, the longer the match the likelier. A match in an earlier output is weaker

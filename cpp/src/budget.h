@@ -61,18 +61,10 @@ private:
 class acceptance {
 public:
     static constexpr int32_t n_depth = 8, n_q = 10, n_match = 8;
-    // head drafts: by depth (1.., the last bucket holds deeper ones), the head's probability q of
-    // the step, and whether the draft is also the one-token copy after its parent (the token that
-    // followed the parent's token at its latest earlier occurrence, drafted path included). The
-    // prior is q itself (EAGLE-2's observation that the head is roughly calibrated), or 0.6 + 0.4 q
-    // where the copy agrees: measured on MT-bench answers, such drafts of the shipped head are
-    // right 69% of the time at q < 0.3 and 99% at q >= 0.9 (docs/TRAINING.md)
-    double head(int32_t depth, double q, bool copy = false) const;
-    void count_head(int32_t depth, double q, bool copy, bool hit);
-    // copy children: the one-token copy after a head-drafted or root node where it is none of the
-    // head's top-k, by depth; prior 0.3 (right 30% of the time there, same measurement)
-    double copy_child(int32_t depth) const;
-    void count_copy_child(int32_t depth, bool hit);
+    // head drafts: by depth (1.., the last bucket holds deeper ones) and the head's probability q of
+    // the step; the prior is q itself (EAGLE-2's observation that the head is roughly calibrated)
+    double head(int32_t depth, double q) const;
+    void count_head(int32_t depth, double q, bool hit);
     // copy steps, each by its source (this context, or the engine's earlier outputs: `stored`) and
     // by whether the round before accepted a copied step (inside a repeat or not): the first step of
     // a chain by match length, further steps by the match length they continue (the chain's match
@@ -82,18 +74,15 @@ public:
     double lookup_next(int32_t n_match, bool streak, bool stored = false) const;
     void count_lookup(int32_t n_match, bool streak, int32_t step, bool hit, bool stored = false);
 
-    // the raw counts, for reports: [copy agrees][depth][q bucket], [depth], [source][match bucket][streak]
+    // the raw counts, for reports: [depth][q bucket], [source][match bucket][streak]
     const auto & head_counts() const { return head_; }
-    const auto & copy_child_counts() const { return copy_child_; }
     const auto & first_counts() const { return first_; }
     const auto & next_counts() const { return next_; }
 
 private:
     static int32_t q_bucket(double q);
     using by_match = std::array<std::array<rate_count, 2>, n_match>;
-    std::array<std::array<std::array<rate_count, n_q>, n_depth>, 2> head_{};
-    std::array<rate_count, n_depth> copy_child_{};
-    std::array<std::array<std::array<double, n_q>, n_depth>, 2> head_q_{};  // sums of q (RATIO)
+    std::array<std::array<rate_count, n_q>, n_depth> head_{};
     std::array<by_match, 2> first_{};
     std::array<by_match, 2> next_{};
 };

@@ -17,8 +17,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <cstdlib>
-#include <cstdio>
 
 namespace pyeagle {
 
@@ -135,9 +133,6 @@ void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated
         ctx.insert(ctx.end(), path.rbegin(), path.rend());
         return ctx;
     };
-    const bool copies = gp.tree_copies && gp.n_lookup > 0 && !oracle_;
-    if (copies) rs.next.update(target_->tokens());
-    std::vector<llama_token> path;
     auto add = [&](int32_t parent, const float * logits) {
         if (oracle_) {
             oracle_(cand_context(parent), top, k);
@@ -146,32 +141,12 @@ void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated
             for (auto & e : top) e.second = head_->to_target(e.second);
         }
         const int32_t depth = parent < 0 ? 1 : tb.candidates()[parent].depth + 1;
-        // the one-token copy after the parent: it marks the head's draft of that token, or joins as a
-        // child of its own (q -1: not a head draft)
-        llama_token copy = -1;
-        int32_t copy_at = -1;
-        if (copies) {
-            path.clear();
-            for (int32_t c = parent; c >= 0; c = tb.candidates()[c].parent) path.push_back(tb.candidates()[c].token);
-            std::reverse(path.begin(), path.end());
-            copy = rs.next.after(target_->tokens(), root, path.data(), (int32_t) path.size());
-        }
         q.resize(top.size());
         for (size_t i = 0; i < top.size(); ++i) {
             q[i] = std::exp(top[i].first);
-            const bool agree = top[i].second == copy && !(getenv("TCMODE") && atoi(getenv("TCMODE")) == 2);
-            if (agree) copy_at = (int32_t) i;
-            // agreement is evidence the head's probability lacks: rate such drafts by their own table
-            if (calibrated || agree) top[i].first = (float) std::log(rs.acc.head(depth, q[i], agree));
+            if (calibrated) top[i].first = (float) std::log(rs.acc.head(depth, q[i]));
         }
-        if (copy >= 0 && copy_at < 0 && !(getenv("TCMODE") && atoi(getenv("TCMODE")) == 1)) {
-            copy_at = (int32_t) top.size();
-            top.emplace_back((float) std::log(rs.acc.copy_child(depth)), copy);
-            q.push_back(-1.0f);
-        }
-        const size_t first = tb.candidates().size();
         tb.add_children(parent, top, &q);
-        if (copy_at >= 0) tb.candidates()[first + copy_at].copy = true;
     };
 
     auto t0 = clock_t_::now();
@@ -278,7 +253,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     tb.reset(root);
     int32_t m = 0;
     if (kind == round_kind::head) {
-        grow_head_tree(root, gp, policy || getenv("CALIB"), tb);
+        grow_head_tree(root, gp, policy, tb);
         rs.lookup.add_to(tb, false);
         m = gp.n_tree;
         if (policy) {
@@ -297,18 +272,13 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     return kind;
 }
 
-// After acceptance: each verified head draft whose parent was accepted is a try for its depth,
-// probability bucket and agreement with the copy; each such copy child, for its depth.
+// After acceptance: each verified head draft whose parent was accepted is a try for its depth and
+// probability bucket.
 void engine::count_head(const draft_tree & t, const std::vector<int32_t> & path) {
     std::vector<char> on_path(t.size(), 0);
     for (int32_t node : path) on_path[node] = 1;
-    static const bool cal = getenv("CALTRACE") != nullptr;
     for (int32_t i = 1; i < t.size(); ++i) {
-        if (!on_path[t.parent[i]]) continue;
-        if (cal) fprintf(stderr, "CAL %d %d %.4f %.4f %d\n", t.q[i] >= 0 ? 1 : 0, t.depth[i],
-                         std::exp(t.score[i] - t.score[t.parent[i]]), t.q[i], (int) on_path[i]);
-        if (t.q[i] >= 0) rs_->acc.count_head(t.depth[i], t.q[i], t.copy[i], on_path[i]);
-        else if (t.copy[i]) rs_->acc.count_copy_child(t.depth[i], on_path[i]);
+        if (t.q[i] >= 0 && on_path[t.parent[i]]) rs_->acc.count_head(t.depth[i], t.q[i], on_path[i]);
     }
 }
 
@@ -361,7 +331,6 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
     // a cancel() from before this call (clear_cancel() on) is honoured; one from during it ends with it
     struct on_exit { engine & e; ~on_exit() { e.clear_cancel(); } } clear_when_done{*this};
     rs_->lookup.clear_streak();
-    rs_->next.clear();  // the context may have been cut back and regrown since
     n_forced_ = 0;
     const bool drafting = gp.draft && gp.n_tree > 0 && (gp.copy_only ? gp.n_lookup > 0 : head_ || oracle_);
     const int32_t nf = head_ ? head_->n_feature() : 0;

@@ -226,25 +226,4 @@ void lookup_source::score(const std::vector<int32_t> & path, acceptance & acc, g
     }
 }
 
-// --- next_index ---------------------------------------------------------------------------------
-
-void next_index::update(const std::vector<llama_token> & tokens) {
-    if (tokens.size() < n_) clear();
-    for (size_t i = n_ ? n_ - 1 : 0; i + 1 < tokens.size(); ++i) {
-        const llama_token t = tokens[i];
-        if ((size_t) t >= next_.size()) next_.resize((size_t) t + 1, -1);
-        next_[t] = tokens[i + 1];
-    }
-    n_ = tokens.size();
-}
-
-llama_token next_index::after(const std::vector<llama_token> & tokens, llama_token root, const llama_token * path,
-                              int32_t d) const {
-    const llama_token x = d > 0 ? path[d - 1] : root;
-    for (int32_t j = d - 2; j >= 0; --j) if (path[j] == x) return path[j + 1];  // most recent first
-    if (d > 0 && root == x) return path[0];
-    if (!tokens.empty() && tokens.back() == x) return root;
-    return (size_t) x < next_.size() ? next_[x] : -1;
-}
-
 }  // namespace pyeagle

@@ -101,25 +101,6 @@ private:
     double bias() const { return std::clamp(n_hit_ / n_expect_, 0.25, 1.5); }
 };
 
-// The one-token copy after a node: the token that followed the node's token at its latest earlier
-// occurrence in (committed context, root, the drafted path down to the node). A head reads its
-// context through the target's features and copies poorly: where the shipped head's first draft
-// equals this copy it is right 87% of the time on MT-bench answers, and where the copy is none of
-// its top 4 the copy is still right 30% of the time, more than its second choice (docs/TRAINING.md).
-// An index token -> the token after its latest occurrence, over the committed tokens: appended to
-// as the context grows, rebuilt when it shrank (clear() at each generation).
-class next_index {
-public:
-    void clear() { std::fill(next_.begin(), next_.end(), -1); n_ = 0; }
-    void update(const std::vector<llama_token> & tokens);
-    // for the node at the end of `path` (d tokens below the root; d = 0: the root itself), -1: none
-    llama_token after(const std::vector<llama_token> & tokens, llama_token root, const llama_token * path, int32_t d) const;
-
-private:
-    std::vector<llama_token> next_;  // by token id, -1: no pair indexed
-    size_t n_ = 0;                   // pairs (tokens[i], tokens[i + 1]) indexed for i + 1 < n_
-};
-
 // What the engine measures and keeps across generate() calls.
 struct round_state {
     cost_model cost;      // what a verify pass and the head cost here
@@ -128,7 +109,6 @@ struct round_state {
     throughput speed;     // tokens per second of recent rounds: the price of time
     lookup_source lookup; // this round's copy drafts
     token_store store;    // this engine's earlier outputs, a copy source across generations
-    next_index next;      // one-token copies below head drafts
 };
 
 }  // namespace pyeagle

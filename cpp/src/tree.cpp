@@ -70,7 +70,7 @@ draft_tree tree_builder::rerank(int32_t m, float min_score) const {
     std::stable_sort(rank.begin(), rank.end(), [&](int32_t a, int32_t b) { return cands_[a].depth < cands_[b].depth; });
 
     draft_tree t;
-    t.token = {root_}; t.parent = {-1}; t.depth = {0}; t.score = {0.0f}; t.cand = {-1}; t.q = {-1.0f}; t.copy = {0};
+    t.token = {root_}; t.parent = {-1}; t.depth = {0}; t.score = {0.0f}; t.cand = {-1}; t.q = {-1.0f};
     std::vector<int32_t> node_of(cands_.size(), -1);
     for (int32_t c : rank) {
         const candidate & x = cands_[c];
@@ -83,7 +83,6 @@ draft_tree tree_builder::rerank(int32_t m, float min_score) const {
         t.score.push_back(x.score);
         t.cand.push_back(c);
         t.q.push_back(x.q);
-        t.copy.push_back(x.copy ? 1 : 0);
     }
     return t;
 }

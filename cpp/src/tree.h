@@ -20,7 +20,6 @@ struct draft_tree {
     std::vector<float>       score;  // [n] cumulative draft log-prob along the root path
     std::vector<int32_t>     cand;   // [n] index of the candidate each node came from (root: -1)
     std::vector<float>       q;      // [n] the head's probability of the step given its parent (-1: not a head draft)
-    std::vector<uint8_t>     copy;   // [n] 1: the one-token copy after its parent (a head draft or a copy child)
     int32_t size() const { return (int32_t) token.size(); }
 };
 
@@ -32,7 +31,6 @@ struct candidate {
     float       score;   // parent score + draft log-prob of token
     int32_t     row = -1;  // head KV cell of this candidate once expanded (-1: not expanded)
     float       q = -1.0f; // the head's probability of the step given its parent (-1: not a head draft)
-    bool        copy = false;  // the one-token copy after its parent (engine::copy_after)
 };
 
 class tree_builder {

@@ -54,11 +54,6 @@ struct gen_params {
     bool     suffix      = false;
     // draft only copies (prompt lookup or the suffix tree), never the head; also without a head
     bool     copy_only   = false;
-    // with prompt lookup on (n_lookup > 0), each node the head expands also gets the one-token copy
-    // after it as a child (the token that followed its token at its latest earlier occurrence), or
-    // that copy marks the head's draft of the same token; both are rated by their own measured
-    // acceptance. false: the head's top-k alone below the root
-    bool     tree_copies = false;
     // copy drafts also from this engine's earlier outputs (engine::remember): the continuation of the
     // context's longest match there competes with the prompt-lookup chain (not with the suffix tree).
     // Off by default: on this project's CPU it measured no faster (docs/BENCHMARKS.md)
