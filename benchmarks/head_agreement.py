@@ -14,7 +14,9 @@ copy of the context is right: token t+1 occurred earlier in the same sequence (p
 and its last occurrence was followed by token t+2. Misses there are ones that a head reading its
 context the way the target does would not make. Last, a table by the head's own probability of its
 draft, split by whether that draft equals the one-token copy: how sharp a confidence the two give
-together (what a round policy could calibrate head drafts on).
+together (what a round policy could calibrate head drafts on); and the target's token among the
+head's top 1-4 drafts with and without the copy as one more candidate, and how often the copy is
+right by its rank among the head's drafts.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pyeagle.models import default_target
 from pyeagle.train import fit as tfit
 
 EDGES = (0.0, 0.3, 0.5, 0.7, 0.9, 0.99, 1.01)
+K = 4  # the head's drafts per row compared with the one-token copy
 Q_EDGES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.01)
 
 
@@ -52,14 +55,18 @@ def main() -> int:
     n = ok = miss = skip = echo = 0
     seen_hit = np.zeros((2, 2))  # [head right][a one-token copy of the sequence so far is right]
     by_q = np.zeros((len(Q_EDGES) - 1, 2, 2))  # [head probability bucket][draft == copy][rows, head right]
+    topk_hit, union_hit = np.zeros(K), np.zeros(K)  # the target's token among the head's top j (and the copy)
+    by_rank = np.zeros((K + 1, 2))  # [the copy's rank among the head's top K, K: outside][rows, copy right]
     head.eval()
     with torch.no_grad():
         for i in range(0, len(windows), 8):
             bt = tfit.make_batch(rows, windows[i:i + 8], args.seq)
             m = bt["w"] > 0
             y = head.unroll(emb[bt["tok"]], bt[head.input_key], bt["pos"], bt["mask"], 1)[0]
-            q, top = torch.softmax(head.logits(y, w_d), dim=-1).max(-1)
+            probs = torch.softmax(head.logits(y, w_d), dim=-1)
+            q, top = probs.max(-1)
             pred = ids[top]
+            pred_k = ids[probs.topk(K, dim=-1).indices]  # [b, t, K] the head's K likeliest drafts
             qb = np.digitize(q.numpy(), Q_EDGES) - 1
             want = bt["nexttok"]
             after = torch.cat([want[:, 1:], torch.full_like(want[:, :1], -1)], dim=1)  # token t+3, same window
@@ -84,6 +91,13 @@ def main() -> int:
                         if m[b, t]:
                             seen_hit[int(pred[b, t] == want[b, t]), int(last.get(cur) == nxt)] += 1
                             by_q[qb[b, t], int(last.get(cur) == int(pred[b, t]))] += (1, int(pred[b, t] == nxt))
+                            drafts = pred_k[b, t].tolist()
+                            in_k = [nxt in drafts[:j + 1] for j in range(K)]
+                            topk_hit += in_k
+                            union_hit += [h or last.get(cur) == nxt for h in in_k]
+                            if cur in last:  # the copy's rank among the head's drafts (K: none of them)
+                                rank = drafts.index(last[cur]) if last[cur] in drafts else K
+                                by_rank[rank] += (1, int(last[cur] == nxt))
                         last[cur] = nxt
                     r += e - a
     print(f"# Head agreement by the target's confidence: `{args.head}`\n\n"
@@ -106,6 +120,15 @@ def main() -> int:
         label = f"[{Q_EDGES[j]:.2f}, 1]" if j == len(Q_EDGES) - 2 else f"[{Q_EDGES[j]:.2f}, {Q_EDGES[j + 1]:.2f})"
         (c0, h0), (c1, h1) = by_q[j]
         print(f"| {label} | {c0 / max(n, 1):.3f} | {h0 / max(c0, 1):.3f} | {c1 / max(n, 1):.3f} | {h1 / max(c1, 1):.3f} |")
+    print("\nThe head's top j drafts, alone and with the one-token copy as one more (how much a copy child adds):\n")
+    print("| j | target's token among the head's top j | ... or the copy |\n|---|---|---|")
+    for j in range(K):
+        print(f"| {j + 1} | {topk_hit[j] / max(n, 1):.3f} | {union_hit[j] / max(n, 1):.3f} |")
+    print(f"\nWhere a copy exists ({by_rank[:, 0].sum() / max(n, 1):.3f} of the rows), by its rank among the head's drafts:\n")
+    print("| copy is the head's | share of rows | copy right |\n|---|---|---|")
+    for j in range(K + 1):
+        label = f"draft {j + 1}" if j < K else f"none of the top {K}"
+        print(f"| {label} | {by_rank[j, 0] / max(n, 1):.3f} | {by_rank[j, 1] / max(by_rank[j, 0], 1):.3f} |")
     return 0
 
 
