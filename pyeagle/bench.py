@@ -240,6 +240,20 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def peer_text_agreement(runs: Sequence[PromptRun]) -> tuple[int, int, list[int]]:
+    """Whether the peer decoded plain decoding's greedy text: (prompts where the two texts agree over
+    their common length, prompts compared, the characters in common where they do not)."""
+    same, diverged = 0, []
+    compared = [r for r in runs if r.peer and r.peer.get("text") is not None]
+    for r in compared:
+        n = first_divergence(r.plain.text, r.peer["text"])
+        if n is None or n == min(len(r.plain.text), len(r.peer["text"])):
+            same += 1
+        else:
+            diverged.append(n)
+    return same, len(compared), diverged
+
+
 def logit_gap(logits: np.ndarray, id_chosen: int, id_other: int) -> float:
     """logits[id_chosen] - logits[id_other]: how far the other token was from a tie (>= 0 if chosen is the argmax)."""
     return float(logits[id_chosen]) - float(logits[id_other])
@@ -784,7 +798,14 @@ def bench(args: argparse.Namespace) -> int:
         print(f"llama.cpp peer: `llama-speculative-simple {flags}`: "
               + (f"{accepted}/{drafted} drafted tokens accepted ({100 * accepted / drafted:.1f}%)" if drafted else
                  "it drafted nothing (ngram-mod drafts only after a 24-token match, 48+ tokens at a time)")
-              + "; it may decode past -n by up to one draft.\n")
+              + "; it may decode past -n by up to one draft.")
+        same, n, diverged = peer_text_agreement(runs)
+        if n:
+            print(f"Its greedy text equals plain decoding's (over the shorter of the two) on {same} of {n} prompts"
+                  + (f"; the others part after a median of {int(np.median(diverged))} characters (near-ties that "
+                     "llama.cpp's kernels and this engine's break differently), so on those prompts the ratios "
+                     "against it compare different texts" if diverged else "") + ".")
+        print()
     if lossless:
         print("## Greedy losslessness under kernel noise\n")
         print(lossless_report(eng, lossless) + "\n")

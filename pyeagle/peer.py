@@ -220,6 +220,16 @@ def parse_speculative_log(text: str) -> dict:
     return out
 
 
+def answer_text(stdout: str, prompt_text: str) -> str | None:
+    """The text llama-speculative-simple decoded: it prints a blank line, the prompt's token pieces, then
+    each accepted token's piece. None where its echo of the prompt is not the prompt."""
+    body = stdout[2:] if stdout.startswith("\n\n") else stdout
+    if not body.startswith(prompt_text):
+        return None
+    out = body[len(prompt_text):]
+    return out[:-2] if out.endswith("\n\n") else out
+
+
 def run_speculative(exe: Path, model: str, prompt_text: str, n_predict: int, n_ctx: int, n_threads: int,
                     temperature: float = 0.0, seed: int = 0, spec_type: str = "ngram-mod",
                     extra_args: Sequence[str] = ()) -> dict:
@@ -235,7 +245,9 @@ def run_speculative(exe: Path, model: str, prompt_text: str, n_predict: int, n_c
     r = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if r.returncode != 0:
         raise PeerError(f"{PEER_TARGET} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-600:]}")
-    return parse_speculative_log(r.stderr + "\n" + r.stdout)
+    out = parse_speculative_log(r.stderr + "\n" + r.stdout)
+    out["text"] = answer_text(r.stdout, prompt_text)
+    return out
 
 
 def speculative_runs(model: str, prompt_texts: Iterable[str], n_predict: int, n_ctx: int, n_threads: int,

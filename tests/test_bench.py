@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -157,6 +158,17 @@ def test_parse_speculative_log():
     assert r["n_drafted"] == 300 and r["n_accept"] == 180
     with pytest.raises(peer.PeerError):
         peer.parse_speculative_log("error: model not found")
+
+
+def test_peer_answer_text_and_agreement():
+    prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert peer.answer_text("\n\n" + prompt + "Hello there.\n\n", prompt) == "Hello there."
+    assert peer.answer_text("\n\n<s>" + prompt + "Hello", prompt) is None  # an echo that is not the prompt
+    q = bench.BenchPrompt("1", "writing", "Hi")
+    run = lambda plain, text: bench.PromptRun(q, [1], SimpleNamespace(text=plain), peer={"text": text})  # noqa: E731
+    runs = [run("Hello there.", "Hello there. And more"),  # the peer decoded past -n: same over the shorter
+            run("Hello there.", "Hello where."), run("abc", "abc"), bench.PromptRun(q, [1], SimpleNamespace(text="x"))]
+    assert bench.peer_text_agreement(runs) == (2, 3, [6])
 
 
 def test_cmake_isa_args_match_setup_script(monkeypatch):
