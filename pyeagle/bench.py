@@ -240,18 +240,21 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def peer_text_divergence(plain: str, peer_text: str | None) -> int | None:
+    """Characters the peer's text shares with plain decoding's before they part; -1 if they agree over
+    the shorter of the two; None if the peer's text is unknown."""
+    if peer_text is None:
+        return None
+    n = first_divergence(plain, peer_text)
+    return -1 if n is None or n == min(len(plain), len(peer_text)) else n
+
+
 def peer_text_agreement(runs: Sequence[PromptRun]) -> tuple[int, int, list[int]]:
     """Whether the peer decoded plain decoding's greedy text: (prompts where the two texts agree over
     their common length, prompts compared, the characters in common where they do not)."""
-    same, diverged = 0, []
-    compared = [r for r in runs if r.peer and r.peer.get("text") is not None]
-    for r in compared:
-        n = first_divergence(r.plain.text, r.peer["text"])
-        if n is None or n == min(len(r.plain.text), len(r.peer["text"])):
-            same += 1
-        else:
-            diverged.append(n)
-    return same, len(compared), diverged
+    parts = [peer_text_divergence(r.plain.text, r.peer.get("text")) for r in runs if r.peer]
+    parts = [n for n in parts if n is not None]
+    return parts.count(-1), len(parts), [n for n in parts if n >= 0]
 
 
 def logit_gap(logits: np.ndarray, id_chosen: int, id_other: int) -> float:
@@ -801,10 +804,16 @@ def bench(args: argparse.Namespace) -> int:
               + "; it may decode past -n by up to one draft.")
         same, n, diverged = peer_text_agreement(runs)
         if n:
+            part = {id(r): peer_text_divergence(r.plain.text, r.peer.get("text")) for r in runs if r.peer}
+            alike = [r for r in runs if part.get(id(r)) == -1]
+            other = [r for r in runs if part.get(id(r)) not in (None, -1)]
+            split = "; EAGLE / spec at the same length " + ", ".join(
+                f"{fmt(gmean(prompt_ratios(rs)['eagle_peer_len']), '.2f')} {where}"
+                for rs, where in ((alike, "where the texts agree"), (other, "elsewhere")) if rs)
             print(f"Its greedy text equals plain decoding's (over the shorter of the two) on {same} of {n} prompts"
                   + (f"; the others part after a median of {int(np.median(diverged))} characters (near-ties that "
                      "llama.cpp's kernels and this engine's break differently), so on those prompts the ratios "
-                     "against it compare different texts" if diverged else "") + ".")
+                     "against it compare different texts" if diverged else "") + (split if eng.has_draft else "") + ".")
         print()
     if lossless:
         print("## Greedy losslessness under kernel noise\n")
