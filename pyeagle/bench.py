@@ -249,11 +249,16 @@ def peer_text_divergence(plain: str, peer_text: str | None) -> int | None:
     return -1 if n is None or n == min(len(plain), len(peer_text)) else n
 
 
+def peer_text_parts(runs: Sequence[PromptRun]) -> list[tuple[PromptRun, int]]:
+    """The runs whose peer text is known, each with peer_text_divergence (-1: the same text)."""
+    parts = [(r, peer_text_divergence(r.plain.text, r.peer.get("text"))) for r in runs if r.peer]
+    return [(r, n) for r, n in parts if n is not None]
+
+
 def peer_text_agreement(runs: Sequence[PromptRun]) -> tuple[int, int, list[int]]:
     """Whether the peer decoded plain decoding's greedy text: (prompts where the two texts agree over
     their common length, prompts compared, the characters in common where they do not)."""
-    parts = [peer_text_divergence(r.plain.text, r.peer.get("text")) for r in runs if r.peer]
-    parts = [n for n in parts if n is not None]
+    parts = [n for _, n in peer_text_parts(runs)]
     return parts.count(-1), len(parts), [n for n in parts if n >= 0]
 
 
@@ -802,18 +807,21 @@ def bench(args: argparse.Namespace) -> int:
               + (f"{accepted}/{drafted} drafted tokens accepted ({100 * accepted / drafted:.1f}%)" if drafted else
                  "it drafted nothing (ngram-mod drafts only after a 24-token match, 48+ tokens at a time)")
               + "; it may decode past -n by up to one draft.")
-        same, n, diverged = peer_text_agreement(runs)
-        if n:
-            part = {id(r): peer_text_divergence(r.plain.text, r.peer.get("text")) for r in runs if r.peer}
-            alike = [r for r in runs if part.get(id(r)) == -1]
-            other = [r for r in runs if part.get(id(r)) not in (None, -1)]
-            split = "; EAGLE / spec at the same length " + ", ".join(
-                f"{fmt(gmean(prompt_ratios(rs)['eagle_peer_len']), '.2f')} {where}"
-                for rs, where in ((alike, "where the texts agree"), (other, "elsewhere")) if rs)
-            print(f"Its greedy text equals plain decoding's (over the shorter of the two) on {same} of {n} prompts"
-                  + (f"; the others part after a median of {int(np.median(diverged))} characters (near-ties that "
-                     "llama.cpp's kernels and this engine's break differently), so on those prompts the ratios "
-                     "against it compare different texts" if diverged else "") + (split if eng.has_draft else "") + ".")
+        parts = peer_text_parts(runs)
+        if parts:
+            alike = [r for r, n in parts if n < 0]
+            diverged = [n for _, n in parts if n >= 0]
+            line = (f"Its greedy text equals plain decoding's (over the shorter of the two) on {len(alike)} of "
+                    f"{len(parts)} prompts")
+            if diverged:
+                line += (f"; the others part after a median of {int(np.median(diverged))} characters (near-ties that "
+                         "llama.cpp's kernels and this engine's break differently), so on those prompts the ratios "
+                         "against it compare different texts")
+            if eng.has_draft:
+                groups = ((alike, "where the texts agree"), ([r for r, n in parts if n >= 0], "elsewhere"))
+                line += "; EAGLE / spec at the same length " + ", ".join(
+                    f"{fmt(gmean(prompt_ratios(rs)['eagle_peer_len']), '.2f')} {where}" for rs, where in groups if rs)
+            print(line + ".")
         print()
     if lossless:
         print("## Greedy losslessness under kernel noise\n")
