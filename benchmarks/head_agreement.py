@@ -62,7 +62,7 @@ def main() -> int:
         for i in range(0, len(windows), 8):
             bt = tfit.make_batch(rows, windows[i:i + 8], args.seq)
             m = bt["w"] > 0
-            y = head.unroll(emb[bt["tok"]], bt[head.input_key], bt["pos"], bt["mask"], 1)[0]
+            y = head.unroll(head.embed(emb, bt), bt[head.input_key], bt["pos"], bt["mask"], 1)[0]
             probs = torch.softmax(head.logits(y, w_d), dim=-1)
             q, top = probs.max(-1)
             pred = ids[top]

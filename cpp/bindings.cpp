@@ -252,6 +252,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("device", &draft_head::device, "the ggml backend the head runs on")
         .def_property_readonly("norm_before_residual", &draft_head::norm_before_residual)
         .def_property_readonly("tap_layers", &draft_head::tap_layers)
+        .def_property_readonly("copy_key", &draft_head::copy_key,
+                               "copy-input head: the longest context its copy input matches (0: no copy input)")
         .def_property_readonly("n_committed", &draft_head::n_committed)
         .def_property_readonly("n_kv", &draft_head::n_kv)
         .def("to_target", &draft_head::to_target, py::arg("draft_id"))

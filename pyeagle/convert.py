@@ -50,11 +50,13 @@ class ConversionError(ValueError):
 #   ff intermediate size         V  target vocabulary       Vd  draft vocabulary
 #   x  fc input width (2h for EAGLE-1/2: concat(embedding, feature); 3*h_t for EAGLE-3 taps)
 #   a  attention input width (h for EAGLE-1/2; 2h for EAGLE-3: concat(norm(emb), norm(hidden)))
+#   c  copy input width (pyeagle's copy-input EAGLE-1/2 head: copy_key_length * h; docs/FORMAT.md)
 # --------------------------------------------------------------------------------------------
 EAGLE12_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "embed_tokens.weight":                      ("token_embd.weight",        ("V", "h")),
     "fc.weight":                                ("fc.weight",                ("h", "x")),
     "fc.bias":                                  ("fc.bias",                  ("h",)),
+    "copy_fc.weight":                           ("copy_fc.weight",           ("h", "c")),
     "layers.0.self_attn.q_proj.weight":         ("blk.0.attn_q.weight",      ("q", "a")),
     "layers.0.self_attn.k_proj.weight":         ("blk.0.attn_k.weight",      ("kv", "a")),
     "layers.0.self_attn.v_proj.weight":         ("blk.0.attn_v.weight",      ("kv", "a")),
@@ -351,13 +353,14 @@ class HeadParams:
     target_hidden: int         # h_t
     taps: list[int] = field(default_factory=list)      # EAGLE-3: tapped target layers (inputs of)
     norm_before_residual: bool = False
+    copy_key: int = 0          # copy-input head: the longest context a copy matches (0: no copy input)
 
     def dims(self) -> dict[str, int]:
         h = self.n_embd
         x = 3 * self.target_hidden if self.kind == "eagle3" else 2 * h
         a = 2 * h if self.kind == "eagle3" else h
         return {"h": h, "q": self.n_head * self.head_dim, "kv": self.n_head_kv * self.head_dim, "ff": self.n_ff,
-                "V": self.n_vocab, "Vd": self.n_vocab_draft, "x": x, "a": a}
+                "V": self.n_vocab, "Vd": self.n_vocab_draft, "x": x, "a": a, "c": self.copy_key * h}
 
 
 def merged_config(config: dict) -> dict:
@@ -532,6 +535,10 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
                                   f"({target.path.name}); need 3 layer ids in 0..{N} "
                                   "(set eagle_aux_hidden_state_layer_ids)")
 
+    copy_key = integer("copy_key_length", 0, 0, 16) if cfg.get("copy_key_length") else 0
+    if copy_key and kind != "eagle":
+        raise ConversionError(f"{src}: copy_key_length: a copy input is an EAGLE-1/2 head's")
+
     return HeadParams(
         kind=kind, n_layer=n_layer, n_embd=h, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
         eps=float(_number(cfg, "rms_norm_eps", 1e-6, 0.0, 0.5, src)),
@@ -540,7 +547,7 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
         fc_bias=kind == "eagle" and bool(cfg.get("bias", True)),
         qkv_bias=kind == "eagle" and bool(cfg.get("qkv_bias", False)),
         rope_scaling=_rope_scaling(cfg, src), target_hidden=h_t, taps=taps,
-        norm_before_residual=bool(cfg.get("norm_before_residual", False)))
+        norm_before_residual=bool(cfg.get("norm_before_residual", False)), copy_key=copy_key)
 
 
 def expected_tensors(p: HeadParams, present: set[str]) -> tuple[dict[str, tuple[str, tuple[str, ...]]], set[str]]:
@@ -557,6 +564,8 @@ def expected_tensors(p: HeadParams, present: set[str]) -> tuple[dict[str, tuple[
             rows[f"layers.{i}.input_layernorm.weight"] = (f"blk.{i}.attn_norm.weight", ("h",))
         if not p.fc_bias:
             del rows["fc.bias"]
+        if not p.copy_key:
+            del rows["copy_fc.weight"]
         if not p.qkv_bias:
             for i in range(p.n_layer):
                 for n in ("q", "k", "v"):
@@ -761,6 +770,8 @@ def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt:
             w.add_key_value(key, value, vtype, sub_type)
     else:
         w.add_vocab_size(p.n_vocab_draft)
+        if p.copy_key:
+            w.add_uint32(f"{arch}.copy_key_length", p.copy_key)
 
     w.add_uint32("pyeagle.format_version", FORMAT_VERSION)
     w.add_uint32("pyeagle.target.vocab_size", target.n_vocab)

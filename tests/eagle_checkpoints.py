@@ -113,10 +113,11 @@ def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: in
                   fc_bias: bool = True, qkv_bias: bool = False, embed: bool = True, prefix: str = "",
                   draft_vocab: int | None = None, head_dim: int | None = None, rope_theta: float = 10000.0,
                   config_extra: dict | None = None, seed: int = 0,
-                  layers: int = 1) -> tuple[dict, dict[str, np.ndarray]]:
+                  layers: int = 1, copy_key: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     """An EAGLE-1/2 head (SafeAILab layout). draft_vocab adds a reduced LM head + d2t offsets,
     the layout pyeagle's own trainer uses. layers > 1: a head of several decoder layers (EAGLE-1's
-    cnets.py; each later layer has an input_layernorm). n_layer (the target's) is accepted and
+    cnets.py; each later layer has an input_layernorm). copy_key > 0: pyeagle's copy input
+    (copy_fc, copy_key_length). n_layer (the target's) is accepted and
     ignored, so that **target_dims(...) can be passed."""
     del n_layer
     r = _Rand(seed)
@@ -129,6 +130,8 @@ def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: in
     if qkv_bias:
         cfg["qkv_bias"] = True
     cfg["num_hidden_layers"] = layers
+    if copy_key:
+        cfg["copy_key_length"] = copy_key
     cfg.update(config_extra or {})
 
     t: dict[str, np.ndarray] = {}
@@ -137,6 +140,8 @@ def write_eagle12(directory: str | Path, *, hidden: int, vocab: int, n_layer: in
     t["fc.weight"] = r.mat(hidden, 2 * hidden)
     if fc_bias:
         t["fc.bias"] = r.vec(hidden, 0.1)
+    if copy_key:
+        t["copy_fc.weight"] = r.mat(hidden, copy_key * hidden)
     for i in range(layers):
         L = f"layers.{i}."
         if i:

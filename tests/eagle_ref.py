@@ -123,6 +123,18 @@ class EagleRef:
             self.w_out = out if out is not None else target_embd
         self.layer = "midlayer." if self.is_eagle3 else "layers.0."
         self.n_layer = 1 if self.is_eagle3 else int(cfg.get("num_hidden_layers") or 1)
+        self.copy_key = int(cfg.get("copy_key_length") or 0)
+
+    @staticmethod
+    def copy_of(ctx: list[int], max_key: int) -> tuple[int, int]:
+        """(copy, k): the longest key ctx[-k:] (k <= max_key) found earlier in ctx, ending before
+        the last token, and the token after its latest occurrence; (-1, 0) if none. Brute force."""
+        end = len(ctx) - 1
+        for k in range(min(max_key, end + 1), 0, -1):
+            for j in range(end - 1, k - 2, -1):
+                if ctx[j - k + 1:j + 1] == ctx[end - k + 1:]:
+                    return ctx[j + 1], k
+        return -1, 0
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
         y = x @ self.w[name + ".weight"].T
@@ -165,6 +177,12 @@ class EagleRef:
         L = self.layer
         if not self.is_eagle3:
             y = self._linear(np.concatenate([e, np.asarray(inputs, dtype=np.float64)], axis=-1), "fc")
+            if self.copy_key:  # the copy input: each row over the tokens it sees (its mask row), in order
+                h = self.h
+                for i in range(n):
+                    c, k = self.copy_of([int(t) for t in tokens[mask[i]]], self.copy_key)
+                    if k:
+                        y[i] += self.w["copy_fc.weight"][:, (k - 1) * h:k * h] @ self.embd[c]
             for i in range(self.n_layer):  # EAGLE-1's cnets.py: layers after the first normalise their input
                 L = f"layers.{i}."
                 x = rms_norm(y, self.w[L + "input_layernorm.weight"], self.eps) if i else y

@@ -17,11 +17,13 @@ from pyeagle import DraftHead, ModelFileError, Target  # noqa: E402
 from tiny_gguf import TinySpec, write_tiny_llama  # noqa: E402
 
 
-def run_both(head: DraftHead, ref: EagleRef, tgt: Target, eagle3: bool, rng: np.random.Generator):
+def run_both(head: DraftHead, ref: EagleRef, tgt: Target, eagle3: bool, rng: np.random.Generator,
+             toks: list[int] | None = None):
     """A committed prefix of 7 pairs, then two tree steps: 3 children of the prefix, then 2
-    children of the first and one of the third. Returns [(ggml, reference)] pairs to compare."""
+    children of the first and one of the third. Returns [(ggml, reference)] pairs to compare.
+    toks: the 13 tokens (default: random ones)."""
     n_pre, h = 7, head.n_embd
-    toks = [int(t) for t in rng.integers(5, tgt.n_vocab, n_pre + 6)]
+    toks = toks or [int(t) for t in rng.integers(5, tgt.n_vocab, n_pre + 6)]
     feats = rng.standard_normal((n_pre, head.n_feature)).astype(np.float32)
     head.prefix(toks[:n_pre], feats, 0)
     y_pre, lg_pre = head.y(), head.logits()
@@ -78,6 +80,7 @@ VARIANTS = {
     "eagle12_llama3": dict(kind="eagle12", embed=False, rope_theta=500.0, config_extra={"rope_scaling": LLAMA3}),
     "eagle12_yarn": dict(kind="eagle12", embed=False, rope_theta=500.0, config_extra={"rope_scaling": YARN}),
     "eagle12_three_layers": dict(kind="eagle12", qkv_bias=True, draft_vocab=100, layers=3),
+    "eagle12_copy": dict(kind="eagle12", draft_vocab=100, copy_key=3),
     "eagle3": dict(kind="eagle3", taps=[0, 2, 3]),
     "eagle3_final_tap_llama3": dict(kind="eagle3", taps=[1, 2, 4], embed=True, rope_theta=500.0,
                                     config_extra={"rope_scaling": LLAMA3}),
@@ -111,12 +114,37 @@ def test_forward_matches_numpy_reference(tiny_target, tmp_path, variant, outtype
     assert head.n_layer == VARIANTS[variant].get("layers", 1)
     ref = EagleRef(ck, tiny_target)
     assert head.norm_before_residual == ref.norm_before_residual
-    for got, want in run_both(head, ref, tgt, eagle3, np.random.default_rng(0)):
+    assert head.copy_key == VARIANTS[variant].get("copy_key", 0)
+    for got, want in run_both(head, ref, tgt, eagle3, np.random.default_rng(0), COPY_TOKENS if head.copy_key else None):
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale)
     # rollback drops the tree cells; the prefix stays
     head.rollback()
     assert head.n_kv == head.n_committed == 7
+
+
+# prefix 5 6 7 5 6 7 8; tree children 5 6 8 (of the prefix), then 6 7 | 9: copies of every key length
+# 1..3, found in the prefix, across its end and along a tree path
+COPY_TOKENS = [5, 6, 7, 5, 6, 7, 8, 5, 6, 8, 6, 7, 9]
+
+
+def test_copy_input_follows_truncation_and_new_tokens(tiny_target, tmp_path):
+    """A copy-input head after truncate() and a prefix of other tokens computes what a fresh head
+    computes on the new sequence: the copy index forgets the dropped cells."""
+    ck = tmp_path / "ckpt"
+    write_variant(ck, tiny_target, "eagle12_copy")
+    out = convert(ck, tiny_target, tmp_path / "head.gguf", outtype="f32")
+    tgt = Target(str(tiny_target), n_ctx=256, n_threads=1)
+    rng = np.random.default_rng(5)
+    feats = rng.standard_normal((12, 64)).astype(np.float32)
+    a, b = DraftHead(str(out), tgt, n_ctx=64, n_batch=4), DraftHead(str(out), tgt, n_ctx=64, n_batch=4)
+    a.prefix([5, 6, 7, 5, 6, 7, 8, 5, 6, 7], feats[:10], 0)  # in chunks of n_batch 4
+    a.truncate(3)
+    new = [5, 6, 7, 9, 6, 7, 9, 5, 6]
+    a.prefix(new[3:], feats[3:9], 3)
+    b.prefix(new, np.concatenate([feats[:3], feats[3:9]]), 0)
+    np.testing.assert_allclose(a.y()[-1], b.y()[-1], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(a.logits()[-1], b.logits()[-1], rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("tied", [True, False])

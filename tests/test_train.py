@@ -237,6 +237,17 @@ def test_unroll_drafts_as_inference_does(eagle3, layers):
         assert checked == (7 - 1) + (5 - 1) + (7 - 2) + (5 - 2)
 
 
+def test_copy_tokens_match_a_brute_force_search():
+    """copy_tokens (incremental) against EagleRef.copy_of (brute force over each prefix)."""
+    rng = np.random.default_rng(3)
+    for n, pool in [(1, 3), (40, 3), (60, 6), (30, 50)]:
+        toks = rng.integers(0, pool, n)
+        copy, key = tfit.copy_tokens(toks)
+        want = [EagleRef.copy_of([int(t) for t in toks[:i + 1]], tfit.COPY_KEY) for i in range(n)]
+        assert list(zip(copy.tolist(), key.tolist())) == want
+    assert tfit.copy_tokens(np.array([5, 6, 7, 5, 6, 8, 5, 6, 7]))[0].tolist() == [-1, -1, -1, 6, 7, -1, 6, 8, 5]
+
+
 def test_widening_the_ffn_keeps_the_function():
     cfg = tfit.HeadConfig(hidden=32, n_head=4, n_head_kv=2, ff=48, eps=1e-5, rope_theta=10000.0, vocab=50,
                           context_length=64)
@@ -322,11 +333,12 @@ def test_taps_are_the_targets_layer_inputs(tiny_f32, tiny_data, tiny_taps):
         tfit.fit(tiny_data, tiny_taps.parent / "no-taps", eagle3=True, **fit_kw(tiny_f32))
 
 
-@pytest.mark.parametrize("kind", ["eagle", "wide", "eagle3", "two_layers"])
+@pytest.mark.parametrize("kind", ["eagle", "wide", "eagle3", "two_layers", "copy"])
 def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps, tmp_path, kind):
     """Also for a head whose FFN is wider than the target's (--ff, from a narrower --init run),
-    for an EAGLE-3 head (taps in, midlayer/norm/lm_head out), and for a head of two layers
-    (--layers, grown from a one-layer --init run, then trained)."""
+    for an EAGLE-3 head (taps in, midlayer/norm/lm_head out), for a head of two layers
+    (--layers, grown from a one-layer --init run, then trained), and for a copy-input head
+    (--copy-input, from a plain --init run) on tokens that repeat."""
     run = tmp_path / "run"
     if kind == "wide":
         tfit.fit(tiny_data, tmp_path / "narrow", **fit_kw(tiny_f32))
@@ -343,6 +355,13 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps,
     elif kind == "eagle3":
         res = tfit.fit(tiny_taps, run, eagle3=True, unroll=2, **fit_kw(tiny_f32))
         assert res["val"]["top1"] >= 0
+    elif kind == "copy":
+        tfit.fit(tiny_data, tmp_path / "plain", **fit_kw(tiny_f32))
+        tfit.fit(tiny_data, run, init=tmp_path / "plain", copy_input=True, **fit_kw(tiny_f32))
+        st = torch.load(run / "state.pt", weights_only=False)  # copy weights far from their zero start
+        st["head"]["copy_fc.weight"] += 0.1 * torch.randn(st["head"]["copy_fc.weight"].shape,
+                                                          generator=torch.Generator().manual_seed(0))
+        torch.save(st, run / "state.pt")
     else:
         tfit.fit(tiny_data, run, **fit_kw(tiny_f32))
     ckpt, out = tmp_path / "eagle", tmp_path / "head.gguf"
@@ -356,12 +375,16 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps,
 
     rng = np.random.default_rng(0)
     n = 9
-    toks = rng.integers(5, 400, n)
+    toks = rng.integers(5, 9 if kind == "copy" else 400, n)
     feats = rng.standard_normal((n, 3 * 64 if kind == "eagle3" else 64)).astype(np.float32)
     pos = np.arange(n)
     mask = np.tril(np.ones((n, n), dtype=bool))
+    copy, key = tfit.copy_tokens(toks)
+    if kind == "copy":
+        assert cfg["copy_key_length"] == tfit.COPY_KEY and (key >= 2).any()
+    bt = {k: torch.from_numpy(v)[None] for k, v in dict(tok=toks, copy=copy, copy_key=key).items()}
     with torch.no_grad():
-        y_t = head(torch.from_numpy(e[toks])[None], torch.from_numpy(feats)[None], torch.from_numpy(pos)[None],
+        y_t = head(head.embed(torch.from_numpy(e), bt), torch.from_numpy(feats)[None], torch.from_numpy(pos)[None],
                    torch.from_numpy(mask)[None])[0]
         logits_t = head.logits(y_t, torch.from_numpy(w[ids])).numpy()
         y_t = y_t.numpy()
@@ -373,6 +396,7 @@ def test_exported_head_computes_what_was_trained(tiny_f32, tiny_data, tiny_taps,
     tgt = Target(str(tiny_f32), n_ctx=256)
     d = DraftHead(str(out), tgt, n_ctx=256, n_batch=64)
     assert d.n_draft_vocab == len(ids)
+    assert d.copy_key == (tfit.COPY_KEY if kind == "copy" else 0)
     if kind == "eagle3":
         assert list(d.tap_layers) == [0, 1, 2]
     d.prefix([int(x) for x in toks], feats, 0)

@@ -37,6 +37,7 @@ struct draft_head::weights {
     };
     ggml_tensor * out = nullptr, * out_norm = nullptr, * rope_freqs = nullptr;
     ggml_tensor * fc = nullptr, * fc_b = nullptr;
+    ggml_tensor * copy_fc = nullptr;      // copy-input EAGLE-1/2 heads: [copy_key * h, h]
     ggml_tensor * attn_norm_2 = nullptr;  // EAGLE-3 only
     std::vector<layer> layers;            // EAGLE-1's cnets.py takes several; EAGLE-3 has one
 };
@@ -229,6 +230,8 @@ draft_head::draft_head(const std::string & path, const target & tgt, int32_t n_c
     }
     load(tgt);
     cell_parent_.assign(n_ctx_, -1);
+    cell_tok_.assign(n_ctx_, -1);
+    copy_index_.resize(copy_key_ + 1);
 
     // Reserve the compute buffer once for the largest graph: later evals reuse it.
     alloc_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_.get())));
@@ -326,6 +329,8 @@ void draft_head::load(const target & tgt) {
             throw mismatch(format("head hidden size %lld, the target's is %d", (long long) h, tgt.n_embd()));
         }
         n_feat_ = (int32_t) h;
+        copy_key_ = (int32_t) f.u32(a + "copy_key_length", false, 0);
+        if (copy_key_ < 0 || copy_key_ > 16) throw file_error(path_, format("copy_key_length %d outside 0..16", copy_key_));
     }
 
     // the head's own tensors, validated; they go to the head's device, an own embedding to host memory
@@ -337,6 +342,7 @@ void draft_head::load(const target & tgt) {
     };
     want("fc.weight", {eagle3_ ? 3 * h_t : 2 * h, h}, true, true, &w_->fc);
     want("fc.bias", {h}, false, false, &w_->fc_b);
+    if (copy_key_) want("copy_fc.weight", {copy_key_ * h, h}, true, true, &w_->copy_fc);
     for (size_t i = 0; i < w_->layers.size(); ++i) {
         weights::layer & l = w_->layers[i];
         const int64_t in = i == 0 ? in_attn : h;
@@ -440,17 +446,85 @@ void draft_head::load(const target & tgt) {
     }
 }
 
-void draft_head::embed(const llama_token * tokens, int32_t n) {
+void draft_head::embed_row(llama_token t, float * dst) const {
     const int64_t h = n_embd_;
-    const size_t row = embd_->nb[1];
-    const auto * traits = ggml_get_type_traits(embd_->type);
-    emb_.resize((size_t) n * h);
+    if (t < 0 || t >= embd_->ne[1]) throw std::invalid_argument(format("draft head: token %d out of range", t));
+    const uint8_t * src = (const uint8_t *) embd_->data + (size_t) t * embd_->nb[1];
+    if (embd_->type == GGML_TYPE_F32) std::memcpy(dst, src, sizeof(float) * h);
+    else ggml_get_type_traits(embd_->type)->to_float(src, dst, h);
+}
+
+void draft_head::embed(const llama_token * tokens, int32_t n) {
+    emb_.resize((size_t) n * n_embd_);
+    for (int32_t i = 0; i < n; ++i) embed_row(tokens[i], emb_.data() + (size_t) i * n_embd_);
+}
+
+// --- the copy input -----------------------------------------------------------------------------
+// For the token of cell c: the longest key (its last k <= copy_key_ tokens, c's included) that
+// occurred earlier in the sequence the cell sees (committed cells, then its tree ancestors), and the
+// token that followed the latest such occurrence. The same as copy_tokens() in pyeagle/train/fit.py,
+// over the tokens the head has been given (positions 1.. of the context).
+
+namespace {
+uint64_t key_hash(const llama_token * t, int32_t k) {
+    uint64_t h = 0xcbf29ce484222325ull ^ (uint64_t) k;
+    for (int32_t i = 0; i < k; ++i) h = (h ^ (uint32_t) t[i]) * 0x100000001b3ull;
+    return h;
+}
+}  // namespace
+
+void draft_head::index_committed(int32_t j) {
+    // the keys ending at committed cell j are followed by cell j + 1's token
+    for (int32_t k = 1; k <= copy_key_ && k <= j + 1; ++k) copy_index_[k][key_hash(&cell_tok_[j - k + 1], k)] = j;
+}
+
+void draft_head::reindex(int32_t n) {
+    for (auto & m : copy_index_) m.clear();
+    for (int32_t j = 0; j + 1 < n; ++j) index_committed(j);
+}
+
+draft_head::copy_guess draft_head::committed_copy(const llama_token * key_end, int32_t k, int32_t last_next) const {
+    // the latest indexed occurrence of the k tokens ending at key_end, if its next cell is <= last_next
+    auto it = copy_index_[k].find(key_hash(key_end - k + 1, k));
+    if (it == copy_index_[k].end()) return {};
+    const int32_t j = it->second;
+    if (j + 1 > last_next) return {};
+    if (!std::equal(key_end - k + 1, key_end + 1, cell_tok_.begin() + (j - k + 1))) return {};  // hash collision
+    return {cell_tok_[j + 1], k};
+}
+
+void draft_head::copy_inputs(int32_t first, int32_t n, bool from_target) {
+    const int64_t h = n_embd_, w = copy_key_ * h;
+    copy_in_.assign((size_t) n * w, 0.0f);
+    std::vector<llama_token> seq;  // the cell's own view: a committed tail, then its ancestors
     for (int32_t i = 0; i < n; ++i) {
-        if (tokens[i] < 0 || tokens[i] >= embd_->ne[1]) throw std::invalid_argument(format("draft head: token %d out of range", tokens[i]));
-        const uint8_t * src = (const uint8_t *) embd_->data + (size_t) tokens[i] * row;
-        float * dst = emb_.data() + (size_t) i * h;
-        if (embd_->type == GGML_TYPE_F32) std::memcpy(dst, src, sizeof(float) * h);
-        else traits->to_float(src, dst, h);
+        const int32_t cell = first + i;
+        copy_guess g;
+        if (from_target) {
+            if (cell > 0) index_committed(cell - 1);
+            for (int32_t k = std::min(copy_key_, cell + 1); k >= 1 && g.k == 0; --k) {
+                g = committed_copy(&cell_tok_[cell], k, cell);
+            }
+        } else {
+            seq.clear();
+            for (int32_t c = cell; c >= n_committed_; c = cell_parent_[c]) seq.push_back(cell_tok_[c]);
+            const int32_t n_tail = std::min(copy_key_, n_committed_);
+            for (int32_t c = n_committed_ - 1; c >= n_committed_ - n_tail; --c) seq.push_back(cell_tok_[c]);
+            std::reverse(seq.begin(), seq.end());  // committed tail, then the path down to this cell
+            const int32_t end = (int32_t) seq.size() - 1;
+            for (int32_t k = std::min(copy_key_, end + 1); k >= 1 && g.k == 0; --k) {
+                // an occurrence followed by a path token (within seq), latest first
+                for (int32_t j = end - 1; j >= n_tail - 1 && j >= k - 1; --j) {
+                    if (std::equal(seq.begin() + (end - k + 1), seq.end(), seq.begin() + (j - k + 1))) {
+                        g = {seq[j + 1], k};
+                        break;
+                    }
+                }
+                // else one followed by a committed token
+                if (g.k == 0) g = committed_copy(&seq[end], k, n_committed_ - 1);
+            }
+        }
+        if (g.k > 0) embed_row(g.token, copy_in_.data() + (size_t) i * w + (size_t) (g.k - 1) * h);
     }
 }
 
@@ -477,6 +551,11 @@ ggml_cgraph * draft_head::build(int32_t n, int32_t n_kv_after, bool from_target)
     t_pos_    = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
     t_mask_   = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_kv_after, n);
     for (ggml_tensor * t : {t_emb_, t_inputs_, t_pos_, t_mask_}) ggml_set_input(t);
+    t_copy_ = nullptr;
+    if (w.copy_fc) {
+        t_copy_ = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, w.copy_fc->ne[0], n);  // copy_inputs(), on the host
+        ggml_set_input(t_copy_);
+    }
 
     auto norm = [&](ggml_tensor * x, ggml_tensor * g) { return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps_), g); };
     auto linear = [&](ggml_tensor * W, ggml_tensor * x, ggml_tensor * b) {
@@ -493,6 +572,7 @@ ggml_cgraph * draft_head::build(int32_t n, int32_t n_kv_after, bool from_target)
     if (!eagle3_) {
         // EAGLE-1/2: z = fc(cat(E[x], f)); no attention pre-norm in the first layer
         x = resid = linear(w.fc, ggml_concat(ctx, t_emb_, t_inputs_, 0), w.fc_b);
+        if (t_copy_) x = resid = ggml_add(ctx, x, ggml_mul_mat(ctx, w.copy_fc, t_copy_));  // + copy_fc(copy input)
     } else {
         // EAGLE-3: hidden = fc(taps) for target rows, the head's own y inside the tree
         ggml_tensor * hid = from_target ? ggml_mul_mat(ctx, w.fc, t_inputs_) : t_inputs_;
@@ -567,10 +647,16 @@ void draft_head::eval(const llama_token * tokens, const float * inputs, bool fro
     }
     embed(tokens, n);
     ggml_backend_tensor_set(t_emb_, emb_.data(), 0, ggml_nbytes(t_emb_));
+    if (t_copy_) {
+        for (int32_t i = 0; i < n; ++i) cell_tok_[n_kv_ + i] = tokens[i];
+        copy_inputs(n_kv_, n, from_target);
+        ggml_backend_tensor_set(t_copy_, copy_in_.data(), 0, ggml_nbytes(t_copy_));
+    }
     ggml_backend_tensor_set(t_inputs_, inputs, 0, ggml_nbytes(t_inputs_));
     ggml_backend_tensor_set(t_pos_, pos, 0, sizeof(int32_t) * n);
     ggml_backend_tensor_set(t_mask_, mask_.data(), 0, ggml_nbytes(t_mask_));
     if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) {
+        if (copy_key_ && from_target) reindex(n_committed_);  // drop the keys of the cells not committed
         throw std::runtime_error("draft head: graph compute failed");
     }
     out_y_.resize((size_t) n * n_embd_);
@@ -614,6 +700,7 @@ void draft_head::truncate(int32_t n_keep) {
         throw std::invalid_argument(format("draft head: truncate(%d) outside [0, %d]", n_keep, n_committed_));
     }
     n_committed_ = n_kv_ = n_keep;
+    if (copy_key_) reindex(n_keep);
 }
 
 }  // namespace pyeagle

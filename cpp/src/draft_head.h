@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace pyeagle {
@@ -57,6 +58,8 @@ public:
     int32_t n_feature()     const { return n_feat_; }      // width of a committed feature row
     int32_t n_draft_vocab() const { return n_vocab_d_; }
     const std::vector<int32_t> & tap_layers() const { return tap_layers_; }  // EAGLE-3 target layers
+    // copy-input EAGLE-1/2 heads (docs/FORMAT.md): the longest context a copy matches; 0: none
+    int32_t copy_key()      const { return copy_key_; }
     // target id of draft-vocabulary row d (identity for the full vocabulary)
     llama_token to_target(int32_t d) const { return d2t_.empty() ? d : (llama_token) d2t_[d]; }
     const std::string & path() const { return path_; }
@@ -92,6 +95,13 @@ private:
     struct weights;
     void load(const target & tgt);
     void embed(const llama_token * tokens, int32_t n);  // token rows of the embedding -> emb_ (host)
+    void embed_row(llama_token t, float * dst) const;
+    // the copy input of cells [first, first + n) -> copy_in_ (host); see draft_head.cpp
+    struct copy_guess { llama_token token = -1; int32_t k = 0; };
+    void copy_inputs(int32_t first, int32_t n, bool from_target);
+    copy_guess committed_copy(const llama_token * key_end, int32_t k, int32_t last_next) const;
+    void index_committed(int32_t j);
+    void reindex(int32_t n);
     // from_target: rows are committed pairs with target features (causal, EAGLE-3 taps go
     // through fc); otherwise tree rows with the head's own outputs as inputs.
     void eval(const llama_token * tokens, const float * inputs, bool from_target, const int32_t * pos, int32_t n);
@@ -100,6 +110,7 @@ private:
 
     std::string path_;
     bool eagle3_ = false, norm_before_residual_ = false;
+    int32_t copy_key_ = 0;
     int32_t n_embd_ = 0, n_feat_ = 0, n_vocab_d_ = 0, n_head_ = 0, n_head_kv_ = 0, n_ff_ = 0, head_dim_ = 0;
     float eps_ = 1e-5f;
     rope_params rope_;
@@ -120,11 +131,16 @@ private:
     int32_t n_ctx_ = 0, n_batch_max_ = 0;
     int32_t n_committed_ = 0, n_kv_ = 0, n_out_ = 0, n_logit_rows_ = 0;
     std::vector<int32_t> cell_parent_;  // [n_ctx] parent cell of a tree cell, -1: the prefix
+    std::vector<llama_token> cell_tok_; // [n_ctx] the input token of each cell (copy-input heads)
+    // copy-input heads: for k = 1..copy_key_, hash of the k tokens ending at committed cell j -> the
+    // latest such j whose next cell is committed too
+    std::vector<std::unordered_map<uint64_t, int32_t>> copy_index_;
+    std::vector<float> copy_in_;        // host staging [n, copy_key_ * n_embd]
     std::vector<float> mask_;           // host staging [n_pad, n_kv]
     std::vector<float> out_y_, out_logits_;
 
     // per-eval input/output tensors of the current graph
-    ggml_tensor * t_emb_ = nullptr, * t_inputs_ = nullptr, * t_pos_ = nullptr, * t_mask_ = nullptr;
+    ggml_tensor * t_emb_ = nullptr, * t_inputs_ = nullptr, * t_pos_ = nullptr, * t_mask_ = nullptr, * t_copy_ = nullptr;
     ggml_tensor * t_y_ = nullptr, * t_logits_ = nullptr;
 };
 

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--layers", type=int, default=1,
                    help="decoder layers of an EAGLE-1/2 head; with --init from a head of fewer, the new ones "
                         "start as the identity")
+    f.add_argument("--copy-input", action="store_true",
+                   help="EAGLE-1/2 head that also reads the one-token copy of its input token (the token that "
+                        "followed its latest earlier occurrence); the copy's weights start at zero")
 
     v = sub.add_parser("eval", help="held-out agreement of a trained head (top-1, chains of drafts)")
     v.add_argument("--run", required=True, type=Path, help="run directory, or an EAGLE-1/2 head GGUF (data it never saw)")
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         fit(args.data, args.out, model, draft_vocab=args.draft_vocab, epochs=args.epochs, lr=args.lr, seq=args.seq,
             batch=args.batch, seed=args.seed, n_threads=args.threads, minutes=args.minutes, unroll=args.unroll,
             init=args.init, bf16=args.bf16, token_weight=args.token_weight, ff=args.ff,
-            eagle3=args.eagle3, layers=args.layers)
+            eagle3=args.eagle3, layers=args.layers, copy_input=args.copy_input)
         return 0
     if args.cmd == "eval":
         import json

@@ -52,6 +52,7 @@ class HeadConfig:
     taps: tuple[int, ...] = ()  # EAGLE-3: the target layers fc reads (inputs; n_layer: the output); () for EAGLE-1/2
     n_layer: int = 0            # the target's layer count (tap n_layer: the last layer's output)
     layers: int = 1             # the head's own decoder layers (EAGLE-1/2; EAGLE-1's cnets.py takes several)
+    copy_input: bool = False    # EAGLE-1/2 + the embedding of the one-token copy of its input token (copy_tokens)
 
     @property
     def head_dim(self) -> int:
@@ -180,11 +181,29 @@ class EagleHead(_Layer):
             self.fc.weight.normal_(std=0.02)
             self.fc.weight[:, h:] += torch.eye(h)
             self.fc.bias.zero_()
+        if cfg.copy_input:  # starts at zero: the head's function is unchanged until it learns to use the copy
+            self.copy_fc = nn.Linear(COPY_KEY * h, h, bias=False)
+            nn.init.zeros_(self.copy_fc.weight)
+
+    def embed(self, emb: torch.Tensor, bt: dict) -> torch.Tensor:
+        """The token input e of a batch's rows: the input token's embedding, and with copy_input
+        beside it the copy input: COPY_KEY blocks of h, the copy's embedding in block k-1 for a
+        match of k tokens (copy_tokens), zeros elsewhere and where there is no copy."""
+        e = emb[bt["tok"]]
+        if not self.cfg.copy_input:
+            return e
+        c, k = bt["copy"], bt["copy_key"]
+        ce = emb[c.clamp(min=0)] * (c >= 0)[..., None]                          # [B, L, h]
+        onehot = F.one_hot(k, COPY_KEY + 1)[..., 1:].to(ce.dtype)               # [B, L, K]; k = 0: none
+        return torch.cat([e, (onehot[..., :, None] * ce[..., None, :]).flatten(-2)], dim=-1)
 
     def _inputs(self, e: torch.Tensor, x: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention input, residual) of a row from its token embedding e and its input x (a
         feature, the target's at step 0 and the head's own output after)."""
-        z = self.fc(torch.cat([e, x], dim=-1))
+        h = self.cfg.hidden
+        z = self.fc(torch.cat([e[..., :h], x], dim=-1))
+        if self.cfg.copy_input:
+            z = z + self.copy_fc(e[..., h:])
         return z, z
 
     def logits(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -233,6 +252,8 @@ class EagleHead(_Layer):
 
     def eagle_state_dict(self) -> dict[str, torch.Tensor]:
         out = {"fc.weight": self.fc.weight, "fc.bias": self.fc.bias, **self._layer_state("layers.0.")}
+        if self.cfg.copy_input:
+            out["copy_fc.weight"] = self.copy_fc.weight
         for i, layer in enumerate(self.later, 1):
             out.update(layer.layer_state(i))
         return out
@@ -297,10 +318,37 @@ class Rows:
     mask: np.ndarray      # [R] bool: row predicts an answer token
     seq_start: np.ndarray  # [S + 1] row offsets
     taps: np.ndarray | None = None  # [R + S, 3h] float16: EAGLE-3 inputs of token t, indexed as feat
+    copy: np.ndarray | None = None  # [R] int64: copy_tokens' copy at token t+1 (-1: none)
+    copy_key: np.ndarray | None = None  # [R] int64: its match length (0: none)
+
+
+COPY_KEY = 4  # longest context matched for a copy (tokens); the copy input has one block per match length
+
+
+def copy_tokens(toks: np.ndarray, max_key: int = COPY_KEY) -> tuple[np.ndarray, np.ndarray]:
+    """The context's own guess at the token after each position: for position i, the longest key
+    toks[i-k+1..i] (k = max_key..1) that occurred earlier, ending at some j < i, and the token that
+    followed its latest such occurrence, toks[j + 1]. Returns (copy [n] int64, -1 where even the
+    token itself never occurred before; k [n] int64, 0 there)."""
+    n = len(toks)
+    copy = np.full(n, -1, np.int64)
+    klen = np.zeros(n, np.int64)
+    t = [int(x) for x in toks]
+    last: list[dict] = [{} for _ in range(max_key + 1)]
+    for i in range(n):
+        for k in range(min(max_key, i + 1), 0, -1):
+            c = last[k].get(tuple(t[i - k + 1:i + 1]))
+            if c is not None:
+                copy[i], klen[i] = c, k
+                break
+        if i + 1 < n:  # the keys ending at i are now followed by toks[i + 1]
+            for k in range(1, min(max_key, i + 1) + 1):
+                last[k][tuple(t[i - k + 1:i + 1])] = t[i + 1]
+    return copy, klen
 
 
 def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
-    feats, taps, tok, pos, tgt, nxt, msk, starts = [], [], [], [], [], [], [], [0]
+    feats, taps, tok, pos, tgt, nxt, msk, cpy, ckey, starts = [], [], [], [], [], [], [], [], [], [0]
     with_taps = all("taps" in c for c in chunks)
     f_off = 0
     for c in chunks:
@@ -316,6 +364,9 @@ def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
             if with_taps:
                 taps.append(c["taps"][a:b - 1])
             tok.append(toks[1:n - 1])
+            copy, key = copy_tokens(toks[:n - 1])
+            cpy.append(copy[1:])
+            ckey.append(key[1:])
             pos.append(r)
             tgt.append(f_off + r + 1)
             nxt.append(toks[2:n])
@@ -326,7 +377,7 @@ def build_rows(chunks: list[dict[str, np.ndarray]]) -> Rows:
             starts.append(starts[-1] + n - 2)
     return Rows(np.concatenate(feats), np.concatenate(tok), np.concatenate(pos), np.concatenate(tgt),
                 np.concatenate(nxt), np.concatenate(msk), np.asarray(starts, np.int64),
-                np.concatenate(taps) if with_taps else None)
+                np.concatenate(taps) if with_taps else None, np.concatenate(cpy), np.concatenate(ckey))
 
 
 def pack(rows: Rows, seqs: np.ndarray, seq_len: int) -> list[list[tuple[int, int]]]:
@@ -369,7 +420,8 @@ def make_batch(rows: Rows, windows: list[list[tuple[int, int]]], seq_len: int):
     out = dict(
         f=torch.from_numpy(rows.feat[row_to_feat(rows, r)].astype(np.float32)),
         y=torch.from_numpy(rows.feat[rows.tgt[r]].astype(np.float32)),
-        tok=torch.from_numpy(rows.tok[r]), pos=torch.from_numpy(rows.pos[r]),
+        tok=torch.from_numpy(rows.tok[r]), pos=torch.from_numpy(rows.pos[r]), copy=torch.from_numpy(rows.copy[r]),
+        copy_key=torch.from_numpy(rows.copy_key[r]),
         nexttok=torch.from_numpy(rows.nexttok[r]),
         w=torch.from_numpy(valid & rows.mask[r]).float(), mask=mask)
     if rows.taps is not None:
@@ -454,7 +506,7 @@ def evaluate(head: EagleHead, rows: Rows, windows, seq_len: int, emb: torch.Tens
     with torch.no_grad():
         for i in range(0, len(windows), 8):
             bt = make_batch(rows, windows[i:i + 8], seq_len)
-            ys = head.unroll(emb[bt["tok"]], bt[head.input_key], bt["pos"], bt["mask"], depth)
+            ys = head.unroll(head.embed(emb, bt), bt[head.input_key], bt["pos"], bt["mask"], depth)
             want = map_full_to_draft[bt["nexttok"]]
             m = bt["w"] > 0
             top = head.logits(ys[0], w_d).topk(4, dim=-1).indices
@@ -490,7 +542,7 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
         seq: int = 512, batch: int = 4, seed: int = 0, n_threads: int = 0, minutes: float = 0,
         steps: int = 0, save_every_s: float = 300, progress: bool = True, unroll: int = 1,
         init: Path | None = None, bf16: bool = False, token_weight: float = P_WEIGHT, ff: int = 0,
-        eagle3: bool = False, layers: int = 1) -> dict:
+        eagle3: bool = False, layers: int = 1, copy_input: bool = False) -> dict:
     """Trains (or continues training) the head in `run`; stops at the end, after `minutes` or
     after `steps` more steps (0: no limit). Returns a summary (with held-out accuracy at the end).
 
@@ -519,6 +571,10 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
         if eagle3:
             raise SystemExit("--layers: an EAGLE-3 head has one layer")
         cfg = replace(cfg, layers=layers)
+    if copy_input:
+        if eagle3:
+            raise SystemExit("--copy-input takes an EAGLE-1/2 head")
+        cfg = replace(cfg, copy_input=True)
     rows = build_rows(load(data_dir))
     if eagle3:
         taps = read_meta(data_dirs(data_dir)[0]).get("taps")  # load() checked that every directory agrees
@@ -602,7 +658,7 @@ def fit(data_dir: Path | list[Path], run: Path, model: str, draft_vocab: int = 8
                     x = x + (torch.rand(x.shape, generator=g) * 2 - 1) * NOISE
                 sel = bt["w"] > 0  # the loss rows (answer tokens); the vocabulary projection only there
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    ys = head.unroll(emb[bt["tok"]], x, bt["pos"], bt["mask"], unroll)
+                    ys = head.unroll(head.embed(emb, bt), x, bt["pos"], bt["mask"], unroll)
                     y_true = bt["y"][sel]
                     with torch.no_grad():
                         p_t = torch.softmax((y_true @ w_d.T).float(), dim=-1)
@@ -674,6 +730,7 @@ def load_grown(head: EagleHead, state: dict[str, torch.Tensor]) -> None:
     their identity start (LaterLayer)."""
     missing, unexpected = head.load_state_dict(state, strict=False)
     have = {k.split(".")[1] for k in state if k.startswith("later.")}  # later layers the state has
+    missing = [k for k in missing if k != "copy_fc.weight"]  # a copy input starts at zero
     if unexpected or any(not k.startswith("later.") or k.split(".")[1] in have for k in missing):
         raise SystemExit(f"--init does not fit this head: missing {missing}, unexpected {unexpected}")
 
@@ -697,6 +754,8 @@ def load_gguf_weights(head: EagleHead, path: Path) -> None:
         if layer and f"blk.{layer}.attn_q.weight" not in tensors:
             continue  # a head with fewer layers: the added ones keep their identity start
         t = tensors.get(gname)
+        if t is None and name == "copy_fc.weight":
+            continue  # a head without a copy input: the copy's weights keep their zero start
         if t is None:
             raise SystemExit(f"{path}: no tensor {gname} ({name}): not an EAGLE-1/2 head GGUF")
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(tuple(reversed(t.shape.tolist())))
@@ -724,9 +783,11 @@ def _held_out(run: Path, data_dir: Path | list[Path], model: str, seq: int, all_
     if run.suffix == ".gguf":  # a head file (e.g. the shipped one): its weights and draft vocabulary
         import gguf
 
-        head = make_head(cfg)
+        reader = gguf.GGUFReader(str(run))
+        names = {t.name for t in reader.tensors}
+        head = make_head(replace(cfg, copy_input="copy_fc.weight" in names))
         load_gguf_weights(head, run)
-        d2t = next((t for t in gguf.GGUFReader(str(run)).tensors if t.name == "d2t"), None)
+        d2t = next((t for t in reader.tensors if t.name == "d2t"), None)
         ids = np.arange(cfg.vocab) if d2t is None else np.array(d2t.data, np.int64)  # GGUF: target ids
         all_seqs = True
     else:
@@ -784,6 +845,8 @@ def export(run: Path, model: str, checkpoint_dir: Path, gguf_out: Path, outtype:
         "rope_theta": cfg.rope_theta, "rope_scaling": None, "max_position_embeddings": cfg.context_length,
         "vocab_size": cfg.vocab, "bias": True, "torch_dtype": "float32",
     }
+    if cfg.copy_input:
+        config["copy_key_length"] = COPY_KEY
     if cfg.taps:  # EAGLE-3's own keys
         config.update(bias=False, draft_vocab_size=len(ids), target_hidden_size=cfg.hidden,
                       eagle_aux_hidden_state_layer_ids=list(cfg.taps))
