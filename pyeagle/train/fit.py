@@ -52,7 +52,7 @@ class HeadConfig:
     taps: tuple[int, ...] = ()  # EAGLE-3: the target layers fc reads (inputs; n_layer: the output); () for EAGLE-1/2
     n_layer: int = 0            # the target's layer count (tap n_layer: the last layer's output)
     layers: int = 1             # the head's own decoder layers (EAGLE-1/2; EAGLE-1's cnets.py takes several)
-    copy_input: bool = False    # EAGLE-1/2 + the embedding of the one-token copy of its input token (copy_tokens)
+    copy_input: bool = False    # EAGLE-1/2 + the copy input: copy_tokens' guess at the next token (docs/FORMAT.md)
 
     @property
     def head_dim(self) -> int:
