@@ -116,6 +116,17 @@ PYBIND11_MODULE(_core, m) {
           "(m, expected tokens, seconds): the round policy's tree size for drafts with estimated acceptance "
           "a_desc (descending), drafting time already spent, a verify cost curve [(tokens, seconds)] and the "
           "price of time (tokens per second)");
+    m.def("cost_after", [](std::vector<std::pair<int32_t, double>> curve,
+                           const std::vector<std::pair<int32_t, double>> & observed, const std::vector<int32_t> & sizes) {
+              cost_model c;
+              c.set_curve(std::move(curve), 0, 0);
+              for (const auto & [n, s] : observed) c.observe_verify(n, s);
+              std::vector<double> out;
+              for (int32_t n : sizes) out.push_back(c.verify(n));
+              return out;
+          }, py::arg("curve"), py::arg("observed"), py::arg("sizes"),
+          "the round policy's verify cost (seconds) of passes over `sizes` tokens after a measured curve "
+          "[(tokens, seconds)] has seen the observed passes [(tokens, seconds)] in order (test hook)");
     m.def("devices", [] {
               std::vector<py::tuple> out;
               for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {

@@ -124,6 +124,22 @@ def test_tree_size_follows_the_measured_cost_curve():
     assert _core.best_size(repeat, 0.0, CPU, 3, 1 / 7.6)[0] <= 3  # the cap holds
 
 
+def test_a_curve_measured_under_load_falls_back_into_shape():
+    # measured while another process held the cores (every pass twice as slow), then the machine is
+    # idle: plain steps alone (larger sizes, priced out, are never observed) must bring the price of a
+    # draft back to what it is, or the engine never drafts again
+    busy = [(n, 2 * s) for n, s in CPU]
+    after = _core.cost_after(busy, [(1, 7.6)] * 60, [1, 2, 4, 9, 63, 80])
+    want = [7.6, 14.2, 19.2, 28.7, 116.8, 116.8 * 80 / 63]
+    np.testing.assert_allclose(after, want, rtol=0.01)
+    # a larger pass corrects its own point against that level, not the others
+    after = _core.cost_after(CPU, [(1, 7.6)] * 10 + [(4, 2 * 19.2)] * 60, [1, 2, 4, 6])
+    np.testing.assert_allclose(after, [7.6, 14.2, 2 * 19.2, 23.9], rtol=0.01)
+    # one slow pass moves the curve a little, not all the way
+    after = _core.cost_after(CPU, [(1, 100.0)], [1, 2])
+    assert 7.6 < after[0] < 1.2 * 7.6 and after[1] / after[0] == pytest.approx(14.2 / 7.6)
+
+
 def test_suffix_lookup_votes_for_continuations():
     assert _core.suffix_lookup([1, 2, 3], 8, 4, 8) == ([], [], [], 0, 0)
     # "1 2" occurred three times: followed by 3, 3 and 4; the tree counts the votes

@@ -13,8 +13,15 @@ constexpr double ema = 0.1;  // weight of one new observation in the running cos
 
 void cost_model::set_curve(std::vector<std::pair<int32_t, double>> grid, int32_t n_past, int32_t n_covered) {
     grid_ = std::move(grid);
+    level_ = 1.0;
     measured_at_ = n_past;
     n_covered_ = std::max(n_covered, grid_.empty() ? 0 : grid_.back().first);
+}
+
+std::vector<std::pair<int32_t, double>> cost_model::grid() const {
+    std::vector<std::pair<int32_t, double>> out(grid_);
+    for (auto & point : out) point.second *= level_;
+    return out;
 }
 
 // The curve is not smooth: ggml's CPU kernels take rows in blocks of 4 (a batch of 8 can cost less
@@ -29,7 +36,7 @@ size_t cost_model::at_or_above(int32_t n) const {
 double cost_model::verify(int32_t n) const {
     if (grid_.empty()) return 0;
     const auto & g = grid_[at_or_above(n)];
-    return n <= g.first ? g.second : g.second * n / g.first;  // beyond the grid: proportional
+    return level_ * (n <= g.first ? g.second : g.second * n / g.first);  // beyond the grid: proportional
 }
 
 void cost_model::observe_verify(int32_t n, double seconds) {
@@ -37,8 +44,10 @@ void cost_model::observe_verify(int32_t n, double seconds) {
     const size_t i = at_or_above(n);
     if (grid_[i].first != n) return;  // only passes of a measured size inform the curve
     // one slow pass (the machine busy for a moment) moves it by at most ema
-    const double r = std::clamp(seconds / grid_[i].second, 0.5, 2.0);
-    grid_[i].second *= 1 + ema * (r - 1);
+    const double r = std::clamp(seconds / (level_ * grid_[i].second), 0.5, 2.0);
+    // the smallest size sets the level of all (its own point is the reference and stays); a larger
+    // size corrects its own point's shape against that level
+    (i == 0 ? level_ : grid_[i].second) *= 1 + ema * (r - 1);
 }
 
 void cost_model::observe_probe(double seconds) {

@@ -4,7 +4,8 @@
 //
 // Both inputs are measured by this engine, never assumed:
 //   cost_model   the verify cost of every n up to the largest tree (measured once, then moved by
-//                every observed pass and re-measured when the context has doubled), the head's
+//                the observed passes: plain steps move its level, larger passes their own point;
+//                re-measured when the context has doubled), the head's
 //                probe (catch-up prefix + root logits) and expansion steps by row count
 //   acceptance   how often drafts of each kind were accepted given their parent was: head drafts
 //                by depth and the head's own probability, lookup steps by match length and streak
@@ -39,10 +40,14 @@ public:
     bool has_curve() const { return !grid_.empty(); }
     int32_t n_covered() const { return grid_.empty() ? 0 : n_covered_; }
     int32_t measured_at() const { return measured_at_; }
-    const std::vector<std::pair<int32_t, double>> & grid() const { return grid_; }
-    double verify(int32_t n) const;  // seconds of one pass over n tokens
-    // an observed pass of a grid size moves that grid point toward it
+    std::vector<std::pair<int32_t, double>> grid() const;  // the curve now: (tokens, seconds), level applied
+    double verify(int32_t n) const;  // seconds of one pass over n tokens: level() * the grid's point
+    // An observed pass of the smallest grid size (a plain step: most rounds) moves the level of the
+    // whole curve, one of a larger grid size that point. A curve measured while the machine was busy
+    // for a while then falls back into shape with the plain steps that follow, rather than pricing
+    // every draft too high for the engine's lifetime (draft sizes it prices out are never observed).
     void observe_verify(int32_t n, double seconds);
+    double level() const { return level_; }
 
     double probe() const { return probe_; }  // head catch-up prefix + root logits, seconds
     void observe_probe(double seconds);
@@ -53,6 +58,7 @@ private:
     size_t at_or_above(int32_t n) const;  // the first grid point with n or more tokens (or the last)
     std::vector<std::pair<int32_t, double>> grid_;
     int32_t measured_at_ = 0, n_covered_ = 0;
+    double level_ = 1.0;                       // the machine's speed now against the measurement's
     double probe_ = 0;                         // 0: never seen
     std::array<double, 65> step_{};            // [rows] EMA seconds, 0: never seen
 };

@@ -282,9 +282,9 @@ void engine::count_head(const draft_tree & t, const std::vector<int32_t> & path)
     }
 }
 
-// One verify pass over n = 1, 2, ..., 16, 20, 24, 28, 32, 40, 48, 60, 72, ... tokens (a chain of
-// `filler`) on the current context, after one untimed warm-up pass; the tree is discarded, the
-// committed state is untouched. Dense where trees usually are: the cost is not smooth in n.
+// Verify passes over n = 1, 2, ..., 16, 20, 24, 28, 32, 40, 48, 60, 72, ... tokens (a chain of
+// `filler`) on the current context, after one untimed warm-up pass, in two sweeps (up, then down),
+// each size keeping its faster time; the trees are discarded, the committed state is untouched. Dense where trees usually are: the cost is not smooth in n.
 void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
     auto pass = [&](int32_t n) {
         std::vector<llama_token> tok(n, filler);
@@ -310,6 +310,9 @@ void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
         linear = n > 16 && grid.back().second / n > 0.9 * s0 / n0;
     }
     if (!linear && grid.back().first < n_max) grid.emplace_back(n_max, pass(n_max));
+    // again, largest first, keeping each size's faster pass: a moment's load during the first sweep
+    // would otherwise price the sizes it hit out of every round, where they are never observed again
+    for (auto it = grid.rbegin(); it != grid.rend(); ++it) it->second = std::min(it->second, pass(it->first));
     rs_->cost.set_curve(std::move(grid), target_->n_past(), n_max);
 }
 
