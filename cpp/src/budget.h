@@ -47,7 +47,6 @@ public:
     // for a while then falls back into shape with the plain steps that follow, rather than pricing
     // every draft too high for the engine's lifetime (draft sizes it prices out are never observed).
     void observe_verify(int32_t n, double seconds);
-    double level() const { return level_; }
 
     double probe() const { return probe_; }  // head catch-up prefix + root logits, seconds
     void observe_probe(double seconds);

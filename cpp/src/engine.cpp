@@ -284,7 +284,8 @@ void engine::count_head(const draft_tree & t, const std::vector<int32_t> & path)
 
 // Verify passes over n = 1, 2, ..., 16, 20, 24, 28, 32, 40, 48, 60, 72, ... tokens (a chain of
 // `filler`) on the current context, after one untimed warm-up pass, in two sweeps (up, then down),
-// each size keeping its faster time; the trees are discarded, the committed state is untouched. Dense where trees usually are: the cost is not smooth in n.
+// each size keeping its faster time; the trees are discarded, the committed state is untouched.
+// Dense where trees usually are: the cost is not smooth in n.
 void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
     auto pass = [&](int32_t n) {
         std::vector<llama_token> tok(n, filler);
