@@ -41,7 +41,7 @@ public:
     int32_t n_covered() const { return grid_.empty() ? 0 : n_covered_; }
     int32_t measured_at() const { return measured_at_; }
     std::vector<std::pair<int32_t, double>> grid() const;  // the curve now: (tokens, seconds), level applied
-    double verify(int32_t n) const;  // seconds of one pass over n tokens: level() * the grid's point
+    double verify(int32_t n) const;  // seconds of one pass over n tokens: the level times the grid's point
     // An observed pass of the smallest grid size (a plain step: most rounds) moves the level of the
     // whole curve, one of a larger grid size that point. A curve measured while the machine was busy
     // for a while then falls back into shape with the plain steps that follow, rather than pricing
