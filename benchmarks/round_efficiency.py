@@ -27,6 +27,21 @@ from pyeagle.bench import gmean, load_prompts, mtbench_file
 from pyeagle.template import ChatTemplate
 
 N_MAX, DEPTH, KEY = 32, 16, 3
+# verify cost of N tokens in single steps (this project's CPU, `python -m pyeagle.bench --verify-curve`, 2026-12-01)
+CURVE = "1:1,2:1.9,3:2.7,4:2.7,5:3.3,6:3.5,7:3.7,8:3.7,12:5.3,16:6.9"
+
+
+def cost_of(spec: str):
+    """cost(n) from "N:cost,...": a size between measured ones costs what the next one does (the
+    policy's rule), beyond the last one in proportion."""
+    curve = sorted((int(a), float(b)) for a, b in (x.split(":") for x in spec.split(",")))
+
+    def cost(n):
+        for m, c in curve:
+            if m >= n:
+                return c
+        return curve[-1][1] * n / curve[-1][0]
+    return cost
 
 
 def longest_local(ctx):
@@ -55,19 +70,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json")
     ap.add_argument("--prompts", help="the bench's --prompts file (default: MT-bench)")
-    ap.add_argument("--curve", default="1:1,2:1.9,3:2.7,4:2.7,5:3.3,6:3.5,7:3.7,8:3.7,12:5.3,16:6.9",
+    ap.add_argument("--curve", default=CURVE,
                     help="verify cost of N tokens in single steps, N:cost,... (default: this project's CPU, "
                          "python -m pyeagle.bench --verify-curve, 2026-12-01)")
     args = ap.parse_args()
     doc = json.load(open(args.json))
     runs = doc["prompts_detail"]
-    curve = sorted((int(a), float(b)) for a, b in (x.split(":") for x in args.curve.split(",")))
-
-    def cost(n):
-        for m, c in curve:
-            if m >= n:
-                return c
-        return curve[-1][1] * n / curve[-1][0]
+    cost = cost_of(args.curve)
 
     print("## Rounds by kind (EAGLE runs, all prompts)\n")
     print("| kind | rounds | tokens | seconds | ms / round | tokens/s |\n|---|---|---|---|---|---|")
