@@ -21,9 +21,9 @@ Two bounds:
    step (1), a head chain of k <= the head's run (cost(k + 1) + k * head-cost), or a copy of k <=
    the copy's run (cost(k + 1)). No round fails: no policy drafting from these sources does better.
 2. Calibrated. A policy that knows, for each kind of situation, exactly how drafts there fare on
-   average, but not how this one will: the positions are bucketed (copies by match length, with
-   the head's probability of the copy's first token and whether it is the head's own draft as
-   well; head chains by the head's probabilities of its first 1, 2 and 4 drafts), each bucket's
+   average, but not how this one will: the positions are bucketed (copies by match length and
+   streak, the earlier positions in a row whose copy was right, then also by the head's
+   probability of the copy's first token and whether it is the head's own draft; head chains by the head's probabilities of its first 1, 2 and 4 drafts), each bucket's
    best chain length is chosen from the mean over all answers (in-sample: optimistic), and a walk
    takes, per round, the option whose expected tokens less R x its cost is largest (R = 1.1
    tokens per step). This is what any policy that rates drafts by those signals could reach;
@@ -118,10 +118,15 @@ def bucket_match(n: int) -> int:
     return 0 if n == 0 else next(i for i, m in enumerate((1, 2, 3, 5, 8, 15, 10**9), 1) if n <= m)
 
 
+def bucket_streak(n: int) -> int:
+    return 0 if n == 0 else 1 if n <= 2 else 2 if n <= 7 else 3
+
+
 def calibrated(answers, cost, head_cost: float, copy_signals: bool, use_head: bool, probe: bool):
     """Per-answer speed-up of the calibrated walk (module docstring, bound 2)."""
     def copy_key(x):
-        return (bucket_match(x["match"]), bucket_q(x["q_copy"]), x["agree"]) if copy_signals else (bucket_match(x["match"]),)
+        base = (bucket_match(x["match"]), bucket_streak(x["streak"]))
+        return base + (bucket_q(x["q_copy"]), x["agree"]) if copy_signals else base
 
     def head_key(x):
         q = np.cumprod(x["q"])
@@ -240,6 +245,7 @@ def main() -> int:
             s += 1
             # position p: token p committed (the first answer token comes with the prefill); row
             # r = p - 1 drafts token p + 1 on
+            streak = 0  # earlier positions in a row whose copy's first token was right
             for p in range(first, len(toks) - 1):
                 match, cont = longest_local(toks[:p + 1])
                 d = int(to_draft[cont[0]]) if cont else -1
@@ -247,7 +253,8 @@ def main() -> int:
                 rec.append(dict(match=match, copy_len=len(cont), copy_run=accepted(cont, toks[p + 1:]),
                                 q_copy=float(p0[r, d]) if d >= 0 else -1.0,
                                 agree=bool(cont) and d >= 0 and bool(p0[r].argmax() == d),
-                                head_run=int(run1[r]), head_run4=int(run4[r]), q=q[r]))
+                                head_run=int(run1[r]), head_run4=int(run4[r]), q=q[r], streak=streak))
+                streak = streak + 1 if cont and cont[0] == toks[p + 1] else 0
             if len(rec) >= 2:
                 answers.append((CATEGORIES[ci] if ci < len(CATEGORIES) else str(ci), rec))
 
