@@ -219,7 +219,7 @@ def report(args, spec: str, answers, copy_runs, head_runs, head_runs4, head_cost
           f"{COPY_DEPTH}; {len(answers)} answers, {n_pos} positions; mean right drafts in a row: head "
           f"{sum(h.sum() for h in head_runs) / n_pos:.2f} (top-4: {sum(h.sum() for h in head_runs4) / n_pos:.2f}), "
           f"copy {sum(c.sum() for c in copy_runs) / n_pos:.2f}.\n")
-    cats = [c for c in CATEGORIES if any(cat == c for cat, _ in answers)]
+    cats = list(dict.fromkeys(cat for cat, _ in answers))
     print("| bound | " + " | ".join(cats) + " | **all** | worst |")
     print("|---" * (len(cats) + 3) + "|")
     for name, ratios in table:
@@ -237,8 +237,11 @@ def main() -> int:
                     "several: a table each (default: this project's CPU)")
     ap.add_argument("--head-cost", default="0,0.1", help="one head drafting step, in single steps; several: a row each")
     ap.add_argument("--depth", type=int, default=8, help="longest head chain (default 8)")
+    ap.add_argument("--labels", default=",".join(CATEGORIES),
+                    help="a category per chunk of DATA, in order (default: MT-bench's eight; e.g. coding)")
     ap.add_argument("-t", "--threads", type=int, default=0)
     args = ap.parse_args()
+    labels = args.labels.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
     head_costs = [float(x) for x in args.head_cost.split(",")]
@@ -274,7 +277,7 @@ def main() -> int:
                 copies.append((match, cont))
                 if cont:
                     copy_first[r0 + p - 1] = to_draft_np[cont[0]]
-            found.append((CATEGORIES[ci] if ci < len(CATEGORIES) else str(ci), toks, first, r0, copies))
+            found.append((labels[ci] if ci < len(labels) else str(ci), toks, first, r0, copies))
     if skipped:
         print(f"({skipped} sequences skipped: multi-turn, longer than {seq} rows, or too short)", file=sys.stderr)
 
