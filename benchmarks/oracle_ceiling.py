@@ -53,11 +53,10 @@ import torch
 from round_efficiency import CURVE, DEPTH as COPY_DEPTH, accepted, cost_of, longest_local
 
 from pyeagle import models
-from pyeagle.bench import gmean
+from pyeagle.bench import gmean, load_prompts, mtbench_file
 from pyeagle.train.data import load
 from pyeagle.train.fit import _held_out, make_batch
 
-CATEGORIES = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]
 Q_EDGES = [0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9, 0.97]
 RATE = 1.1        # tokens per step a round must beat (the calibrated walk's exchange rate)
 K_MAX = 16        # longest chain the calibrated walk considers
@@ -237,11 +236,12 @@ def main() -> int:
                     "several: a table each (default: this project's CPU)")
     ap.add_argument("--head-cost", default="0,0.1", help="one head drafting step, in single steps; several: a row each")
     ap.add_argument("--depth", type=int, default=8, help="longest head chain (default 8)")
-    ap.add_argument("--labels", default=",".join(CATEGORIES),
-                    help="a category per chunk of DATA, in order (default: MT-bench's eight; e.g. coding)")
+    ap.add_argument("--labels", help="a category per chunk of DATA, in order (default: MT-bench's, in its "
+                    "file's order, as `train data --chunk 10` splits it; e.g. coding)")
     ap.add_argument("-t", "--threads", type=int, default=0)
     args = ap.parse_args()
-    labels = args.labels.split(",")
+    labels = args.labels.split(",") if args.labels else \
+        list(dict.fromkeys(p.category for p in load_prompts(mtbench_file())))
     if args.threads:
         torch.set_num_threads(args.threads)
     head_costs = [float(x) for x in args.head_cost.split(",")]
