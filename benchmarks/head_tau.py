@@ -2,6 +2,7 @@
 
     python benchmarks/head_tau.py -md HEAD.gguf [--sizes 8,60] [--depth 6] [--topk 10] [--lookup 0]
                                   [-n 256] [-t 2] [--limit N] [--json OUT]
+    python benchmarks/head_tau.py --compare BASE.json OTHER.json    # two --json runs, paired by prompt
 
 Issue #17's measurement: every MT-bench first turn, greedy, fixed trees (the round policy off:
 every round verifies the n_tree best drafts), depth 6, top-k 10, no prompt lookup. tau = tokens
@@ -22,9 +23,26 @@ from pyeagle.bench import Agg, load_prompts, mtbench_file, progress
 from pyeagle.template import ChatTemplate
 
 
+def compare(base: str, other: str) -> None:
+    """Per-prompt tau of two `--json` runs, paired by (n_tree, prompt id): the mean difference, its
+    standard error and the share of prompts where OTHER is higher. Greedy runs of two heads on one
+    machine differ only by the heads, so pairing removes the prompts' own spread."""
+    def load(f):
+        return {(r["n_tree"], r["id"]): r["tokens"] / r["passes"] for r in json.loads(Path(f).read_text())["rows"]}
+    a, b = load(base), load(other)
+    for n in sorted({k[0] for k in a.keys() & b.keys()}):
+        d = [b[k] - a[k] for k in sorted(a.keys() & b.keys()) if k[0] == n]
+        mean = sum(d) / len(d)
+        se = (sum((x - mean) ** 2 for x in d) / len(d)) ** 0.5 / len(d) ** 0.5
+        print(f"n_tree {n}: {len(d)} prompts, per-prompt tau {other} - {base}: {mean:+.3f} "
+              f"(standard error {se:.3f}), higher on {sum(x > 0 for x in d) / len(d):.0%}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-md", "--model-draft", required=True, help="EAGLE head GGUF")
+    ap.add_argument("--compare", nargs=2, metavar=("BASE.json", "OTHER.json"),
+                    help="compare two --json runs per prompt instead of running a head")
+    ap.add_argument("-md", "--model-draft", help="EAGLE head GGUF")
     ap.add_argument("-m", "--model", help="target GGUF (default: the embedded default target)")
     ap.add_argument("--prompts", help="JSONL prompts (default: MT-bench first turns)")
     ap.add_argument("--limit", type=int, default=0, help="the first N prompts (0: all)")
@@ -36,6 +54,11 @@ def main() -> int:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--json", help="write per-prompt results here")
     args = ap.parse_args()
+    if args.compare:
+        compare(*args.compare)
+        return 0
+    if not args.model_draft:
+        ap.error("-md/--model-draft is required (or --compare)")
     if not Path(args.model_draft).is_file():
         ap.error(f"no such head file: {args.model_draft}")
     prompts = load_prompts(args.prompts or mtbench_file())
