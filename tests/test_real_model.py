@@ -113,3 +113,16 @@ def test_magpie_prompts_are_user_requests_and_resume(target_path, tmp_path):
     assert synthesize(out, target_path, 6, seed=1, slots=4, n_threads=2, progress=False) == 0
     again = [json.loads(line)["turns"] for line in out.read_text().splitlines()]
     assert again[:4] == first and len(again) == 6 and all(len(c) == 1 for c in again[4:])
+
+
+def test_magpie_openings_begin_requests(target_path, tmp_path):
+    """`train prompts --openings 1`: every request starts with one of the built-in openings, which
+    the target continues (the request is longer than its opening) and the usual checks still apply."""
+    from pyeagle.train.magpie import OPENINGS, synthesize
+    from pyeagle.train.prompts import load_conversations
+    out = tmp_path / "opened.jsonl"
+    assert synthesize(out, target_path, 4, seed=2, slots=4, n_threads=2, openings=1.0, progress=False) == 0
+    for (request,) in load_conversations(out):
+        opening = next((o for o in OPENINGS if request.startswith(o)), None)
+        assert opening is not None, request
+        assert len(request) > len(opening) and len(request.split()) >= 4 and "<|" not in request

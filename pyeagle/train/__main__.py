@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--max-len", type=int, default=160, help="tokens; a request not ended by then is dropped")
     pr.add_argument("--follow-ups", type=float, default=0.5, help="share of requests given a built-in second turn")
     pr.add_argument("--slots", type=int, default=48, help="requests sampled at once, in one batch")
+    pr.add_argument("--openings", type=float, default=0.0,
+                    help="share of requests begun from a built-in opening (\"Write a\", \"Imagine you are\", ...) "
+                         "that the target continues (default 0: the target begins every request itself)")
     pr.add_argument("-t", "--threads", type=int, default=0)
     pr.add_argument("--minutes", type=float, default=0, help="stop after this many minutes (0: run to the end)")
     pr.add_argument("--exclude", type=Path, nargs="*",
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         left = synthesize(args.out, args.model or str(models.default_target()), args.n_prompts, seed=args.seed,
                           temperature=args.temperature, top_p=args.top_p, max_len=args.max_len, slots=args.slots,
                           n_threads=args.threads, follow_ups=args.follow_ups, minutes=args.minutes,
-                          exclude=evaluation_prompts(args.exclude))
+                          exclude=evaluation_prompts(args.exclude), openings=args.openings)
         print(f"{left} prompts left" if left else f"complete: {args.out}")
         return 0
     if args.cmd == "taps":

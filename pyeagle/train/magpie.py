@@ -14,6 +14,11 @@ questions and the held-out coding prompts, `exclude`). Kept requests are appende
 ({"turns": [...]} a line, the format of `train data --prompts`) as they come, so a stopped run
 continues where it left off; with follow_ups > 0 that share gets a second turn from the built-in
 follow-ups.
+
+Left alone, a small target asks mostly short questions. With openings > 0 that share of requests
+starts from a built-in opening (an instruction verb or a task frame: "Write a", "Imagine you are",
+"Given the following", ...) that the target continues; the kept request is the opening plus its
+continuation, under the same checks. The openings name kinds of task, not topics.
 """
 from __future__ import annotations
 
@@ -30,6 +35,22 @@ from .prompts import FOLLOW_UPS
 from .varied import word_runs
 
 _SENTINEL = "\x00PYEAGLE-USER\x00"
+
+# Ways chat users open a request: writing, role play, reasoning, maths, code, extraction, science
+# and essays, as instruction datasets phrase them. No trailing space: the target's continuation
+# brings its own.
+OPENINGS = [
+    "Write a", "Write an", "Compose a", "Draft an email", "Write a short story", "Write a blog post",
+    "Write a poem", "Rewrite the following", "Edit the following paragraph", "Create a",
+    "Imagine you are", "Pretend you are", "Act as a", "You are a", "Role-play as",
+    "Solve the following", "If a", "Suppose that", "A train", "What is the probability",
+    "Calculate", "How many", "Prove that", "Find the value of",
+    "Write a Python function", "Implement a", "Write a program", "Write a SQL query", "Debug this code:",
+    "Explain the difference between", "Given the following", "Extract", "Summarize the following",
+    "From the text below,", "Identify the", "List the", "Classify",
+    "Explain how", "Describe the process of", "What are the main", "Why does", "How does",
+    "Discuss the", "Compare and contrast", "Analyze the", "What were the causes of", "Evaluate the",
+]
 
 
 def user_prefix(tmpl: ChatTemplate) -> str:
@@ -76,7 +97,7 @@ def evaluation_prompts(files: list[Path] | None = None) -> list[str]:
 def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float = 1.0, top_p: float = 0.95,
                max_len: int = 160, min_words: int = 4, slots: int = 48, n_threads: int = 0,
                follow_ups: float = 0.0, exclude: list[str] | None = None, minutes: float = 0.0,
-               progress: bool = True) -> int:
+               openings: float = 0.0, progress: bool = True) -> int:
     """Appends requests to `out` until it holds n; returns how many are still missing."""
     have = read_existing(out)
     if len(have) >= n:
@@ -92,8 +113,14 @@ def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float 
     rng = random.Random(seed * 7919 + len(have))
     excluded = set().union(*(word_runs(e) for e in exclude)) if exclude else set()  # once, not per request
     detok = lambda ids: t.detokenize(ids).decode("utf-8", errors="replace")  # noqa: E731
+    opening_ids = {o: t.tokenize(o.encode(), add_special=False, parse_special=False) for o in OPENINGS}
+
+    def start() -> tuple[str, list[int]]:  # a request's opening text ("": none) and its first feed
+        o = rng.choice(OPENINGS) if rng.random() < openings else ""
+        return o, list(prefix) + (opening_ids[o] if o else [])
+
     gen: list[list[int]] = [[] for _ in range(slots)]
-    feeds = [list(prefix) for _ in range(slots)]
+    opened, feeds = map(list, zip(*(start() for _ in range(slots))))
     stats = dict(kept=0, cut=0, short=0, repeat=0, overlap=0)
     t_end = time.monotonic() + minutes * 60 if minutes > 0 else float("inf")
     from tqdm import tqdm
@@ -111,7 +138,7 @@ def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float 
                         if len(gen[s]) < max_len:
                             feeds[s] = [tok]
                             continue
-                    text = detok(gen[s]).strip()
+                    text = (opened[s] + detok(gen[s])).strip()
                     why = ("cut" if not done else "short" if len(text.split()) < min_words or "<|" in text
                            else "repeat" if _key(text) in seen else "overlap" if word_runs(text) & excluded else "kept")
                     stats[why] += 1
@@ -124,7 +151,8 @@ def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float 
                         bar.update(1)
                         bar.set_postfix(stats)
                     b.truncate(s, 0)
-                    gen[s], feeds[s] = [], list(prefix)
+                    gen[s] = []
+                    opened[s], feeds[s] = start()
     except KeyboardInterrupt:
         print(f"\nstopped with {count} of {n} prompts; the same command continues", file=sys.stderr)
     bar.close()
