@@ -55,6 +55,9 @@ def main() -> int:
     ap.add_argument("--json", help="write per-prompt results here")
     args = ap.parse_args()
     if args.compare:
+        missing = [f for f in args.compare if not Path(f).is_file()]
+        if missing:
+            ap.error(f"no such --json result: {', '.join(missing)}")
         compare(*args.compare)
         return 0
     if not args.model_draft:
