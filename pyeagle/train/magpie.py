@@ -116,7 +116,7 @@ def synthesize(out: Path, model: str, n: int, seed: int = 0, temperature: float 
     opening_ids = {o: t.tokenize(o.encode(), add_special=False, parse_special=False) for o in OPENINGS}
 
     def start() -> tuple[str, list[int]]:  # a request's opening text ("": none) and its first feed
-        o = rng.choice(OPENINGS) if rng.random() < openings else ""
+        o = rng.choice(OPENINGS) if openings > 0 and rng.random() < openings else ""  # 0: rng as before
         return o, list(prefix) + (opening_ids[o] if o else [])
 
     gen: list[list[int]] = [[] for _ in range(slots)]
