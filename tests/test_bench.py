@@ -136,6 +136,23 @@ def test_losslessness_summary_counts():
     assert bench.losslessness_summary(runs[:1], 0.5)["within_noise"]
 
 
+def test_losslessness_gap_rule_follows_measured_noise():
+    class R:
+        def __init__(self, plain, div, n_scored, flips):
+            self.plain = type("O", (), {"tokens": plain})
+            self.prompt = bench.BenchPrompt("x", "c", "q")
+            self.divergence, self.noise = div, {"n_scored": n_scored, "flips": flips}
+    div = {"pos": 40, "plain_token": 1, "eagle_token": 2, "gap": 0.648, "reproduced": True}
+    quiet = [R([1] * 100, div, 99, [(3, 0.2)]), R([1] * 100, None, 99, [(5, 0.3)])]
+    s = bench.losslessness_summary(quiet, tie_tol=0.5)
+    assert s["gap_tol"] == 0.5 and not s["within_noise"]  # rate is fine, but 0.648 is beyond any flip seen
+    noisy = [R([1] * 100, div, 99, [(3, 0.2)]), R([1] * 100, None, 99, [(5, 0.763)])]
+    s = bench.losslessness_summary(noisy, tie_tol=0.5)
+    assert s["gap_tol"] == pytest.approx(0.763) and s["within_noise"]
+    far = [R([1] * 100, {**div, "gap": 0.9}, 99, [(3, 0.2)]), R([1] * 100, None, 99, [(5, 0.763)])]
+    assert not bench.losslessness_summary(far, tie_tol=0.5)["within_noise"]
+
+
 def test_lossless_report_lists_divergences(tiny_f32):
     eng = Engine(str(tiny_f32), draft=None, n_ctx=128, n_threads=1)
     a, b = eng.tokenize("tree code", add_special=False)[:2]
