@@ -265,6 +265,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("tap_layers", &draft_head::tap_layers)
         .def_property_readonly("copy_key", &draft_head::copy_key,
                                "copy-input head: the longest context its copy input matches (0: no copy input)")
+        .def_property_readonly("depth_powers", &draft_head::depth_powers,
+                               "the tree's calibration by depth (pyeagle.tree.depth_power; empty: none)")
         .def_property_readonly("n_committed", &draft_head::n_committed)
         .def_property_readonly("n_kv", &draft_head::n_kv)
         .def("to_target", &draft_head::to_target, py::arg("draft_id"))

@@ -37,6 +37,9 @@ logger = logging.getLogger("pyeagle.convert")
 
 FORMAT_VERSION = 1
 OUTTYPES = ("f32", "f16", "q8_0", "q5_0", "q4_0")
+# config.json key (pyeagle's own) for the tree's calibration by depth, written to the GGUF as
+# pyeagle.tree.depth_power (docs/FORMAT.md, "Tree calibration")
+DEPTH_POWER_KEY = "pyeagle_depth_power"
 
 
 class ConversionError(ValueError):
@@ -354,6 +357,7 @@ class HeadParams:
     taps: list[int] = field(default_factory=list)      # EAGLE-3: tapped target layers (inputs of)
     norm_before_residual: bool = False
     copy_key: int = 0          # copy-input head: the longest context a copy matches (0: no copy input)
+    depth_power: tuple[float, ...] = ()  # tree calibration by depth (pyeagle.tree.depth_power; () : none)
 
     def dims(self) -> dict[str, int]:
         h = self.n_embd
@@ -539,6 +543,11 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
     if copy_key and kind != "eagle":
         raise ConversionError(f"{src}: copy_key_length: a copy input is an EAGLE-1/2 head's")
 
+    depth_power = cfg.get(DEPTH_POWER_KEY) or []
+    if not isinstance(depth_power, list) or len(depth_power) > 64 or not all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and 0.1 <= a <= 10 for a in depth_power):
+        raise ConversionError(f"{src}: {DEPTH_POWER_KEY} must be a list of at most 64 numbers in [0.1, 10]")
+
     return HeadParams(
         kind=kind, n_layer=n_layer, n_embd=h, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim,
         eps=float(_number(cfg, "rms_norm_eps", 1e-6, 0.0, 0.5, src)),
@@ -547,7 +556,8 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
         fc_bias=kind == "eagle" and bool(cfg.get("bias", True)),
         qkv_bias=kind == "eagle" and bool(cfg.get("qkv_bias", False)),
         rope_scaling=_rope_scaling(cfg, src), target_hidden=h_t, taps=taps,
-        norm_before_residual=bool(cfg.get("norm_before_residual", False)), copy_key=copy_key)
+        norm_before_residual=bool(cfg.get("norm_before_residual", False)), copy_key=copy_key,
+        depth_power=tuple(float(a) for a in depth_power))
 
 
 def expected_tensors(p: HeadParams, present: set[str]) -> tuple[dict[str, tuple[str, tuple[str, ...]]], set[str]]:
@@ -773,6 +783,8 @@ def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt:
         if p.copy_key:
             w.add_uint32(f"{arch}.copy_key_length", p.copy_key)
 
+    if p.depth_power:
+        w.add_array("pyeagle.tree.depth_power", [float(a) for a in p.depth_power])
     w.add_uint32("pyeagle.format_version", FORMAT_VERSION)
     w.add_uint32("pyeagle.target.vocab_size", target.n_vocab)
     w.add_string("pyeagle.target.vocab_hash", vocab_hash(target.tokens))
@@ -820,6 +832,43 @@ def write_gguf(outfile: str | Path, arch: str, metadata: Callable[[gguf.GGUFWrit
                 raise ConversionError(f"{t.source}: converted size {data.nbytes} != planned {_nbytes(t.shape, t.qtype)}")
             w.write_tensor_data(data)
         w.close()
+        os.replace(part, out)
+    except BaseException:
+        w.close()
+        part.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def write_depth_powers(head_gguf: str | Path, outfile: str | Path, powers: Sequence[float]) -> Path:
+    """A copy of a head GGUF whose tree calibration (pyeagle.tree.depth_power, docs/FORMAT.md) is
+    `powers`; every other key and every tensor byte as they were. Written to a .part file, renamed
+    at the end (outfile may be head_gguf itself)."""
+    if len(powers) > 64 or not all(0.1 <= float(a) <= 10 for a in powers):
+        raise ConversionError(f"depth powers {list(powers)}: at most 64 numbers in [0.1, 10]")
+    key = "pyeagle.tree.depth_power"
+    r = gguf.GGUFReader(head_gguf)
+    arch = _field_value(r.fields["general.architecture"]).decode()
+    out = Path(outfile)
+    part = out.with_name(out.name + ".part")
+    w = gguf.GGUFWriter(part, arch)
+    try:
+        for f in r.fields.values():
+            if f.name == "general.architecture" or f.name.startswith("GGUF.") or f.name == key:
+                continue
+            sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(f.name, _field_value(f), f.types[0], sub_type=sub)
+        if powers:
+            w.add_array(key, [float(a) for a in powers])
+        for t in r.tensors:
+            w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for t in r.tensors:
+            w.write_tensor_data(t.data)
+        w.close()
+        del r
         os.replace(part, out)
     except BaseException:
         w.close()

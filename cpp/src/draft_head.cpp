@@ -101,6 +101,13 @@ struct gguf_file {
         const int32_t * d = (const int32_t *) gguf_get_arr_data(g, id);
         return std::vector<int32_t>(d, d + gguf_get_arr_n(g, id));
     }
+    std::vector<float> f32_array(const std::string & key) const {  // empty when the key is absent
+        const int64_t id = find(key, GGUF_TYPE_ARRAY, false);
+        if (id < 0) return {};
+        if (gguf_get_arr_type(g, id) != GGUF_TYPE_FLOAT32) throw file_error(path, "key " + key + " is not an array of floats");
+        const float * d = (const float *) gguf_get_arr_data(g, id);
+        return std::vector<float>(d, d + gguf_get_arr_n(g, id));
+    }
     // Tensor metadata, validated: shape ne (trailing 1s implied), allowed type.
     ggml_tensor * tensor(const std::string & name, std::vector<int64_t> ne, bool required, bool matrix) const {
         ggml_tensor * t = ggml_get_tensor(meta, name.c_str());
@@ -331,6 +338,13 @@ void draft_head::load(const target & tgt) {
         n_feat_ = (int32_t) h;
         copy_key_ = (int32_t) f.u32(a + "copy_key_length", false, 0);
         if (copy_key_ < 0 || copy_key_ > 16) throw file_error(path_, format("copy_key_length %d outside 0..16", copy_key_));
+    }
+
+    // per-depth calibration of the tree's scores (docs/FORMAT.md, "Tree calibration"); absent: none
+    depth_power_ = f.f32_array("pyeagle.tree.depth_power");
+    if (depth_power_.size() > 64) throw file_error(path_, "pyeagle.tree.depth_power: more than 64 depths");
+    for (float a : depth_power_) {
+        if (!(a >= 0.1f && a <= 10.0f)) throw file_error(path_, format("pyeagle.tree.depth_power %g outside [0.1, 10]", a));
     }
 
     // the head's own tensors, validated; they go to the head's device, an own embedding to host memory

@@ -12,6 +12,7 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -60,6 +61,12 @@ public:
     const std::vector<int32_t> & tap_layers() const { return tap_layers_; }  // EAGLE-3 target layers
     // copy-input EAGLE-1/2 heads (docs/FORMAT.md): the longest context a copy matches; 0: none
     int32_t copy_key()      const { return copy_key_; }
+    // the power a_d that calibrates a depth-d draft's probability q for the tree's ranking: the
+    // path score adds a_d * log q (pyeagle.tree.depth_power; depths past the list take its last; 1 without)
+    float depth_power(int32_t depth) const {
+        return depth_power_.empty() ? 1.0f : depth_power_[std::min<size_t>(depth_power_.size(), std::max(depth, 1)) - 1];
+    }
+    const std::vector<float> & depth_powers() const { return depth_power_; }
     // target id of draft-vocabulary row d (identity for the full vocabulary)
     llama_token to_target(int32_t d) const { return d2t_.empty() ? d : (llama_token) d2t_[d]; }
     const std::string & path() const { return path_; }
@@ -111,6 +118,7 @@ private:
     std::string path_;
     bool eagle3_ = false, norm_before_residual_ = false;
     int32_t copy_key_ = 0;
+    std::vector<float> depth_power_;
     int32_t n_embd_ = 0, n_feat_ = 0, n_vocab_d_ = 0, n_head_ = 0, n_head_kv_ = 0, n_ff_ = 0, head_dim_ = 0;
     float eps_ = 1e-5f;
     rope_params rope_;

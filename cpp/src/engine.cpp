@@ -116,7 +116,9 @@ void engine::sync_head(int32_t root) {
 }
 
 // EAGLE-2 expansion (docs/ARCHITECTURE.md, "The algorithm") into the candidates of `tb`. Scores are the head's path
-// log-probabilities or, `calibrated`, the log of each path's estimated acceptance (the policy's
+// log-probabilities, each step's weighted by the head file's power for its depth (sum of a_d log q_d:
+// the probability a draft at depth d is right, as the head's held-out data calibrated it; a_d = 1
+// without that calibration) or, `calibrated`, the log of each path's estimated acceptance (the policy's
 // table, by depth and the head's probability); then expansion also stops where a frontier node is
 // too unlikely for any child of it to pay for its place in the verify pass.
 void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated, tree_builder & tb) {
@@ -145,6 +147,7 @@ void engine::grow_head_tree(int32_t root, const gen_params & gp, bool calibrated
         for (size_t i = 0; i < top.size(); ++i) {
             q[i] = std::exp(top[i].first);
             if (calibrated) top[i].first = (float) std::log(rs.acc.head(depth, q[i]));
+            else if (head_ && !oracle_) top[i].first *= head_->depth_power(depth);  // the file's calibration
         }
         tb.add_children(parent, top, &q);
     };

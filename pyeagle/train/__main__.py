@@ -1,10 +1,12 @@
-"""python -m pyeagle.train {data,taps,fit,eval,export}: train an EAGLE head for a GGUF target.
+"""python -m pyeagle.train {prompts,data,taps,fit,eval,tree,export}: train an EAGLE head for a GGUF target.
 
   prompts Magpie-style prompts: the target writes user requests itself (JSONL for `data --prompts`)
   data    self-distillation: the target answers the built-in prompt set; features are recorded
   taps    adds EAGLE-3 inputs (three target layers) to that data, one batched pass per sequence
   fit     trains the head on that data (PyTorch, CPU is enough for small targets); resumable
   eval    held-out agreement of a trained head: top-1/top-4 and how long greedy chains stay right
+  tree    the tau of a head's draft trees on recorded answers (fixed text: no kernel noise between
+          heads or tree rules); --fit-powers calibrates the tree's scores by depth on held-out data
   export  writes the head in the published EAGLE layout (config.json + model.safetensors) and
           converts it to GGUF with convert/eagle_to_gguf.py's code
 
@@ -114,6 +116,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="also fit the head's logit temperature on this data; export applies it")
     v.add_argument("-t", "--threads", type=int, default=0)
 
+    tr = sub.add_parser("tree", help="tau of a head's draft trees on recorded answers (fixed text)")
+    tr.add_argument("--head", required=True, type=Path, help="head GGUF")
+    tr.add_argument("--data", required=True, type=Path, nargs="+", help="data directories (`train data`)")
+    tr.add_argument("-m", "--model", help="target GGUF (default: the embedded default target)")
+    tr.add_argument("--sizes", default="8", help="tree sizes (n_tree), comma-separated")
+    tr.add_argument("--depth", type=int, default=6)
+    tr.add_argument("--topk", type=int, default=10)
+    tr.add_argument("--max-answer", type=int, default=256, help="answer tokens per turn, at most")
+    tr.add_argument("--limit", type=int, default=0, help="the first N sequences (0: all)")
+    tr.add_argument("--powers", help="tree calibration a_d per depth, comma-separated, instead of the head's own "
+                                     "(1: none)")
+    tr.add_argument("--fit-powers", action="store_true",
+                    help="search the tree calibration that maximises tau on --data (held-out data, never the "
+                         "evaluation set), at the first --sizes")
+    tr.add_argument("--write", type=Path, help="with --fit-powers: a copy of --head with the fitted calibration "
+                                               "(may be --head itself)")
+    tr.add_argument("--json", type=Path, help="per-answer results")
+    tr.add_argument("-t", "--threads", type=int, default=0)
+
     e = sub.add_parser("export", help="export the trained head (EAGLE layout, then GGUF)")
     e.add_argument("--run", required=True, type=Path)
     e.add_argument("--checkpoint-dir", type=Path, help="where to write config.json + model.safetensors")
@@ -162,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                         n_threads=args.threads, minutes=args.minutes, shard=(i, n))
         print(f"{left} chunks left" if left else "complete")
         return 0
+    if args.cmd == "tree":
+        from .treetau import main_tree
+        return main_tree(args, ap)
     try:
         import torch  # noqa: F401
     except ImportError:
