@@ -12,7 +12,8 @@ the bonus token, as decoding would. No target pass is run: the recorded features
 verify pass's (same model, same text), so two heads or two tree rules are compared on exactly the
 same tokens, and the result does not depend on the machine's kernels beyond the head's own.
 
-    python -m pyeagle.train tree --head HEAD.gguf --data data/mtb [--sizes 8,60] [--depth 6] [--topk 10]
+    python -m pyeagle.train tree --head HEAD.gguf --data data/mtb [--sizes 8,60] [--depth 6] [--topk 10] [--json F]
+    python benchmarks/head_tau.py --compare A.json B.json     # two --json runs, paired by answer
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ RAMP = (0.85, 1.15)                      # then a_d = g * r^(d-2) around the bes
 
 
 def fit_powers(head, chunks: Sequence[dict], n_tree: int, depth: int, top_k: int, max_answer: int = 256,
-               limit: int = 0, log=print) -> tuple[list[float], list[tuple[list[float], float]]]:
+               limit: int = 0, log=None) -> tuple[list[float], list[tuple[list[float], float]]]:
     """The tree calibration a_1..a_depth (a_1 = 1) that maximises fixed-text tau on `chunks`: a grid
     of flat powers for depths >= 2, then a ramp around the best. A path's score is sum a_d log q_d:
     a_d > 1 says the head's depth-d probabilities are less reliable than its first step's (it drafts
@@ -194,7 +195,7 @@ def fit_powers(head, chunks: Sequence[dict], n_tree: int, depth: int, top_k: int
     def run(pw: list[float]) -> float:
         t = tree_tau(head, chunks, n_tree, depth, top_k, pw, max_answer, limit).tau
         tried.append((pw, t))
-        log(f"powers {', '.join(f'{a:.3f}' for a in pw)}: tau {t:.4f}")
+        (log or (lambda x: print(x, flush=True)))(f"powers {', '.join(f'{a:.3f}' for a in pw)}: tau {t:.4f}")
         return t
 
     flat = {g: run([1.0] + [g] * (depth - 1)) for g in FLAT}
@@ -238,7 +239,8 @@ def main_tree(args, ap) -> int:
         r = tree_tau(head, chunks, n, args.depth, args.topk, powers, args.max_answer, args.limit, progress=True)
         print(f"n_tree {n}: tau {r.tau:.4f} over {len(r.rounds)} answers, {sum(r.rounds)} rounds; "
               f"rounds by drafts accepted: {r.accepted_depth}")
-        rows += [{"n_tree": n, "answer": i, "tokens": t, "rounds": k} for i, (t, k) in enumerate(zip(r.tokens, r.rounds))]
+        # head_tau.py's rows (tokens with the prefill's first; passes = rounds): its --compare pairs two runs
+        rows += [{"n_tree": n, "id": i, "tokens": t + 1, "passes": k} for i, (t, k) in enumerate(zip(r.tokens, r.rounds))]
     if args.json:
         args.json.write_text(json.dumps({"head": str(args.head), "powers": powers or list(head.depth_powers),
                                          "rows": rows}, indent=1))
