@@ -23,7 +23,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import gguf
 import numpy as np
@@ -811,26 +811,14 @@ def convert(checkpoint_dir: str | os.PathLike, target_gguf: str | os.PathLike, o
     return out
 
 
-def write_gguf(outfile: str | Path, arch: str, metadata: Callable[[gguf.GGUFWriter], None],
-               planned: Sequence[PlannedTensor], desc: str = "converting") -> Path:
-    """Writes a GGUF one tensor at a time (each made only when written, so memory holds one); the
-    file appears only complete (a .part file, renamed at the end, removed on any error)."""
+def _atomic_gguf(outfile: str | Path, arch: str, fill: Callable[[gguf.GGUFWriter], None]) -> Path:
+    """Runs fill(writer) on a .part file beside outfile and renames it at the end: the file appears
+    only complete, and the .part file is removed on any error (Ctrl-C included)."""
     out = Path(outfile)
     part = out.with_name(out.name + ".part")
     w = gguf.GGUFWriter(part, arch)
     try:
-        metadata(w)
-        for t in planned:  # raw_dtype gives the GGML type; the NumPy dtype is then only nominal
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        bar = tqdm(planned, desc=desc, unit="tensor", disable=None) if tqdm else planned
-        for t in bar:
-            data = t.make()
-            if data.nbytes != _nbytes(t.shape, t.qtype):
-                raise ConversionError(f"{t.source}: converted size {data.nbytes} != planned {_nbytes(t.shape, t.qtype)}")
-            w.write_tensor_data(data)
+        fill(w)
         w.close()
         os.replace(part, out)
     except BaseException:
@@ -838,6 +826,33 @@ def write_gguf(outfile: str | Path, arch: str, metadata: Callable[[gguf.GGUFWrit
         part.unlink(missing_ok=True)
         raise
     return out
+
+
+def _write_all(w: gguf.GGUFWriter, tensors: Iterable, data: Callable) -> None:
+    """Header, keys, tensor infos (already added), then data(t) for each tensor."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for t in tensors:
+        w.write_tensor_data(data(t))
+
+
+def write_gguf(outfile: str | Path, arch: str, metadata: Callable[[gguf.GGUFWriter], None],
+               planned: Sequence[PlannedTensor], desc: str = "converting") -> Path:
+    """Writes a GGUF one tensor at a time (each made only when written, so memory holds one); the
+    file appears only complete (a .part file, renamed at the end, removed on any error)."""
+    def made(t: PlannedTensor) -> np.ndarray:
+        data = t.make()
+        if data.nbytes != _nbytes(t.shape, t.qtype):
+            raise ConversionError(f"{t.source}: converted size {data.nbytes} != planned {_nbytes(t.shape, t.qtype)}")
+        return data
+
+    def fill(w: gguf.GGUFWriter) -> None:
+        metadata(w)
+        for t in planned:  # raw_dtype gives the GGML type; the NumPy dtype is then only nominal
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+        _write_all(w, tqdm(planned, desc=desc, unit="tensor", disable=None) if tqdm else planned, made)
+    return _atomic_gguf(outfile, arch, fill)
 
 
 def write_depth_powers(head_gguf: str | Path, outfile: str | Path, powers: Sequence[float]) -> Path:
@@ -848,11 +863,8 @@ def write_depth_powers(head_gguf: str | Path, outfile: str | Path, powers: Seque
         raise ConversionError(f"depth powers {list(powers)}: at most 64 numbers in [0.1, 10]")
     key = "pyeagle.tree.depth_power"
     r = gguf.GGUFReader(head_gguf)
-    arch = _field_value(r.fields["general.architecture"]).decode()
-    out = Path(outfile)
-    part = out.with_name(out.name + ".part")
-    w = gguf.GGUFWriter(part, arch)
-    try:
+
+    def fill(w: gguf.GGUFWriter) -> None:
         for f in r.fields.values():
             if f.name == "general.architecture" or f.name.startswith("GGUF.") or f.name == key:
                 continue
@@ -862,19 +874,8 @@ def write_depth_powers(head_gguf: str | Path, outfile: str | Path, powers: Seque
             w.add_array(key, [float(a) for a in powers])
         for t in r.tensors:
             w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for t in r.tensors:
-            w.write_tensor_data(t.data)
-        w.close()
-        del r
-        os.replace(part, out)
-    except BaseException:
-        w.close()
-        part.unlink(missing_ok=True)
-        raise
-    return out
+        _write_all(w, r.tensors, lambda t: t.data)
+    return _atomic_gguf(outfile, _field_value(r.fields["general.architecture"]).decode(), fill)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
