@@ -23,9 +23,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-TREE_DEFAULTS = dict(n_tree=8, depth=6, top_k=10)  # issue #17's trees
-
-
 @dataclass
 class _Cand:
     token: int
@@ -45,9 +42,6 @@ class TreeTau:
     def tau(self) -> float:
         return sum(self.tokens) / max(sum(self.rounds), 1)
 
-    def per_answer(self) -> list[float]:
-        return [t / max(r, 1) for t, r in zip(self.tokens, self.rounds)]
-
 
 def _top_k_logprobs(logits: np.ndarray, k: int) -> list[tuple[float, int]]:
     """The k best (log-probability, draft id), best first, ties to the lower id (sampling.cpp's top_k_logprobs)."""
@@ -64,9 +58,9 @@ def _best(cands: list[_Cand], ids: Iterable[int], n: int) -> list[int]:
 
 
 def grow_tree(head, root: int, pos_root: int, y_root: np.ndarray, first_logits: np.ndarray,
-              n_tree: int, depth: int, top_k: int, powers: Sequence[float] = ()) -> list[_Cand]:
+              n_tree: int, depth: int, top_k: int, powers: Sequence[float] = ()) -> tuple[list[int], list[_Cand]]:
     """The engine's fixed tree for one round (grow_head_tree with the policy off, then rerank): the
-    kept candidates, shallow first. The head has committed every pair up to the root (its prefix);
+    indices of the kept candidates, shallow first, and all candidates. The head has committed every pair up to the root (its prefix);
     y_root / first_logits are the last prefix row's output and logits. powers: a_d per depth
     (the file's pyeagle.tree.depth_power; () = the head's own, [1.0] = none)."""
     pw = list(powers) if powers else list(head.depth_powers) or [1.0]
@@ -101,8 +95,7 @@ def grow_tree(head, root: int, pos_root: int, y_root: np.ndarray, first_logits: 
             y_of[f], cell_of[f] = ys[i].copy(), first + i
         for i, f in enumerate(frontier):
             add(f, logits[i])
-    ranked = _best(cands, range(len(cands)), n_tree + 1)
-    keep = ranked[:n_tree]
+    keep = _best(cands, range(len(cands)), n_tree)
     return sorted(keep, key=lambda i: cands[i].depth), cands
 
 
@@ -162,11 +155,11 @@ def tree_tau(head, chunks: Sequence[dict], n_tree: int = 8, depth: int = 6, top_
                 keep, cands = grow_tree(head, int(toks[r]), r, head.y()[-1].copy(), head.logits()[-1].copy(),
                                         n_tree, depth, top_k, powers)
                 if trace is not None:
-                    node = {c: i + 1 for i, c in enumerate(keep)}
-                    scores = sorted((float(c.score) for c in cands), reverse=True)
+                    node = {k: i + 1 for i, k in enumerate(keep)}
+                    scores = sorted((float(x.score) for x in cands), reverse=True)
                     margin = scores[n_tree - 1] - scores[n_tree] if len(scores) > n_tree else math.inf
-                    trace.append((r, [int(toks[r])] + [cands[c].token for c in keep],
-                                  [-1] + [node.get(cands[c].parent, 0) for c in keep], margin))
+                    trace.append((r, [int(toks[r])] + [cands[k].token for k in keep],
+                                  [-1] + [node.get(cands[k].parent, 0) for k in keep], margin))
                 n_acc = accepted_along(cands, keep, toks[r + 1:end].tolist())
                 n_emit = min(n_acc + 1, end - r - 1)
                 out.accepted_depth[min(n_acc, depth)] += 1
