@@ -37,9 +37,16 @@ logger = logging.getLogger("pyeagle.convert")
 
 FORMAT_VERSION = 1
 OUTTYPES = ("f32", "f16", "q8_0", "q5_0", "q4_0")
-# config.json key (pyeagle's own) for the tree's calibration by depth, written to the GGUF as
-# pyeagle.tree.depth_power (docs/FORMAT.md, "Tree calibration")
+# config.json key (pyeagle's own) for the tree's calibration by depth, and its GGUF key
+# (docs/FORMAT.md, "Tree calibration")
 DEPTH_POWER_KEY = "pyeagle_depth_power"
+DEPTH_POWER_GGUF_KEY = "pyeagle.tree.depth_power"
+
+
+def depth_powers_ok(powers) -> bool:
+    """At most 64 numbers in [0.1, 10] (the runtime refuses others)."""
+    return isinstance(powers, (list, tuple)) and len(powers) <= 64 and all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) and 0.1 <= a <= 10 for a in powers)
 
 
 class ConversionError(ValueError):
@@ -544,8 +551,7 @@ def head_params(ckpt: Checkpoint, kind: str, names: dict[str, str], target: Targ
         raise ConversionError(f"{src}: copy_key_length: a copy input is an EAGLE-1/2 head's")
 
     depth_power = cfg.get(DEPTH_POWER_KEY) or []
-    if not isinstance(depth_power, list) or len(depth_power) > 64 or not all(
-            isinstance(a, (int, float)) and not isinstance(a, bool) and 0.1 <= a <= 10 for a in depth_power):
+    if not depth_powers_ok(depth_power):
         raise ConversionError(f"{src}: {DEPTH_POWER_KEY} must be a list of at most 64 numbers in [0.1, 10]")
 
     return HeadParams(
@@ -784,7 +790,7 @@ def _write_metadata(w: gguf.GGUFWriter, p: HeadParams, target: TargetInfo, ckpt:
             w.add_uint32(f"{arch}.copy_key_length", p.copy_key)
 
     if p.depth_power:
-        w.add_array("pyeagle.tree.depth_power", [float(a) for a in p.depth_power])
+        w.add_array(DEPTH_POWER_GGUF_KEY, [float(a) for a in p.depth_power])
     w.add_uint32("pyeagle.format_version", FORMAT_VERSION)
     w.add_uint32("pyeagle.target.vocab_size", target.n_vocab)
     w.add_string("pyeagle.target.vocab_hash", vocab_hash(target.tokens))
@@ -859,9 +865,9 @@ def write_depth_powers(head_gguf: str | Path, outfile: str | Path, powers: Seque
     """A copy of a head GGUF whose tree calibration (pyeagle.tree.depth_power, docs/FORMAT.md) is
     `powers`; every other key and every tensor byte as they were. Written to a .part file, renamed
     at the end (outfile may be head_gguf itself)."""
-    if len(powers) > 64 or not all(0.1 <= float(a) <= 10 for a in powers):
+    if not depth_powers_ok(list(powers)):
         raise ConversionError(f"depth powers {list(powers)}: at most 64 numbers in [0.1, 10]")
-    key = "pyeagle.tree.depth_power"
+    key = DEPTH_POWER_GGUF_KEY
     r = gguf.GGUFReader(head_gguf)
 
     def fill(w: gguf.GGUFWriter) -> None:

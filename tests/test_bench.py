@@ -121,12 +121,14 @@ def test_single_step_logits_reproduce_plain_decoding(tiny_f32):
     assert n_scored == len(out.tokens) - 1 and flips == []
 
 
+class R:  # the fields losslessness_summary reads
+    def __init__(self, plain, div, n_scored, flips):
+        self.plain = type("O", (), {"tokens": plain})
+        self.prompt = bench.BenchPrompt("x", "c", "q")
+        self.divergence, self.noise = div, {"n_scored": n_scored, "flips": flips}
+
+
 def test_losslessness_summary_counts():
-    class R:  # the fields losslessness_summary reads
-        def __init__(self, plain, div, n_scored, flips):
-            self.plain = type("O", (), {"tokens": plain})
-            self.prompt = bench.BenchPrompt("x", "c", "q")
-            self.divergence, self.noise = div, {"n_scored": n_scored, "flips": flips}
     runs = [R([1] * 10, None, 9, [(4, 0.1)]),
             R([1] * 10, {"pos": 4, "plain_token": 1, "eagle_token": 2, "gap": 0.2, "reproduced": True}, 9, [])]
     s = bench.losslessness_summary(runs, tie_tol=0.5)
@@ -137,11 +139,6 @@ def test_losslessness_summary_counts():
 
 
 def test_losslessness_gap_rule_follows_measured_noise():
-    class R:
-        def __init__(self, plain, div, n_scored, flips):
-            self.plain = type("O", (), {"tokens": plain})
-            self.prompt = bench.BenchPrompt("x", "c", "q")
-            self.divergence, self.noise = div, {"n_scored": n_scored, "flips": flips}
     div = {"pos": 40, "plain_token": 1, "eagle_token": 2, "gap": 0.648, "reproduced": True}
     quiet = [R([1] * 100, div, 99, [(3, 0.2)]), R([1] * 100, None, 99, [(5, 0.3)])]
     s = bench.losslessness_summary(quiet, tie_tol=0.5)

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+
 @dataclass
 class _Cand:
     token: int
@@ -60,8 +61,8 @@ def _best(cands: list[_Cand], ids: Iterable[int], n: int) -> list[int]:
 def grow_tree(head, root: int, pos_root: int, y_root: np.ndarray, first_logits: np.ndarray,
               n_tree: int, depth: int, top_k: int, powers: Sequence[float] = ()) -> tuple[list[int], list[_Cand]]:
     """The engine's fixed tree for one round (grow_head_tree with the policy off, then rerank): the
-    indices of the kept candidates, shallow first, and all candidates. The head has committed every pair up to the root (its prefix);
-    y_root / first_logits are the last prefix row's output and logits. powers: a_d per depth
+    indices of the kept candidates, shallow first, and all candidates. The head has committed every
+    pair up to the root (its prefix); y_root / first_logits are the last prefix row's output and logits. powers: a_d per depth
     (the file's pyeagle.tree.depth_power; () = the head's own, [1.0] = none)."""
     pw = list(powers) if powers else list(head.depth_powers) or [1.0]
 
@@ -74,7 +75,8 @@ def grow_tree(head, root: int, pos_root: int, y_root: np.ndarray, first_logits: 
         d = 1 if parent < 0 else cands[parent].depth + 1
         base = np.float32(0.0) if parent < 0 else cands[parent].score
         for lp, tok in _top_k_logprobs(logits, top_k):
-            cands.append(_Cand(head.to_target(tok), parent, d, np.float32(base + np.float32(lp * np.float32(power(d))))))
+            score = np.float32(base + np.float32(lp * np.float32(power(d))))  # float32, as the engine's
+            cands.append(_Cand(head.to_target(tok), parent, d, score))
 
     add(-1, first_logits)
     y_of: dict[int, np.ndarray] = {}
@@ -233,7 +235,8 @@ def main_tree(args, ap) -> int:
         print(f"n_tree {n}: tau {r.tau:.4f} over {len(r.rounds)} answers, {sum(r.rounds)} rounds; "
               f"rounds by drafts accepted: {r.accepted_depth}")
         # head_tau.py's rows (tokens with the prefill's first; passes = rounds): its --compare pairs two runs
-        rows += [{"n_tree": n, "id": i, "tokens": t + 1, "passes": k} for i, (t, k) in enumerate(zip(r.tokens, r.rounds))]
+        rows += [{"n_tree": n, "id": i, "tokens": t + 1, "passes": k}
+                 for i, (t, k) in enumerate(zip(r.tokens, r.rounds))]
     if args.json:
         args.json.write_text(json.dumps({"head": str(args.head), "powers": powers or list(head.depth_powers),
                                          "rows": rows}, indent=1))
