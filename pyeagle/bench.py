@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from . import models, peer
 from ._core import Stats, Target
-from .engine import Engine, Output, add_tree_args, tree_argv, tree_kwargs
+from .engine import Engine, Output, add_tree_args, on_compute_thread, tree_argv, tree_kwargs
 from .template import ChatTemplate
 
 log = logging.getLogger("pyeagle.bench")
@@ -773,7 +773,7 @@ def bench(args: argparse.Namespace) -> int:
     runs = run_prompts(eng, prompts, ids, args, spec)
     lossless = None
     if greedy and eng.has_draft:
-        check_losslessness(eng, runs, eng.tree["n_tree"] + 1)
+        on_compute_thread(check_losslessness, eng, runs, eng.tree["n_tree"] + 1)
         lossless = losslessness_summary(runs, args.tie_tol)
     # the outside baselines and the memory probes run in child processes, one at a time
     memory = None if args.no_memory else measure_memory(args, model, head, texts[0])
@@ -866,9 +866,11 @@ def tree_sweep(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     t.features = True
     eng.reset()
-    t.prefill(ids[0])
-    step = time_passes(t, 1, args.reps, rng)["plain"]
-    cost = {n: time_passes(t, n + 1, args.reps, rng)["tree"] for n in progress("verify cost", sizes)}
+    # on the thread where the engine generates: ggml work from a second thread would slow the
+    # generations below (engine._ComputeThread)
+    on_compute_thread(t.prefill, ids[0])
+    step = on_compute_thread(time_passes, t, 1, args.reps, rng)["plain"]
+    cost = {n: on_compute_thread(time_passes, t, n + 1, args.reps, rng)["tree"] for n in progress("verify cost", sizes)}
     eng.reset()
     plain = Agg()
     for x in progress("plain", ids):

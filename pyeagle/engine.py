@@ -71,6 +71,62 @@ def with_overrides(tree: dict, **kw) -> dict:
     return {**tree, **{k: v for k, v in kw.items() if v is not None}}
 
 
+class _ComputeThread:
+    """The one thread on which every Engine of this process generates, started on first use.
+
+    ggml's CPU backend parallelises each decode with OpenMP, and libgomp keeps a team of threads
+    for every thread that starts parallel work. Between decodes a team's idle threads spin, so
+    that the next decode starts at once, but only while the teams' threads together fit the
+    cores: a second team (a decode started on another thread, the caller's or a fresh one per
+    call) makes every team sleep between decodes, and waking them costs more than the decode.
+    On a 2-core machine plain decoding fell from 95 to 38 tok/s after one decode on the caller's
+    thread (docs/BENCHMARKS.md, "One thread for ggml's work"). Generations queue here, in order;
+    a cancel() of one that waits is honoured when it starts."""
+
+    _lock = threading.Lock()
+    _jobs: queue.Queue | None = None
+    ident: int | None = None
+
+    @classmethod
+    def submit(cls, fn) -> None:
+        with cls._lock:
+            if cls._jobs is None:
+                cls._jobs = queue.Queue()
+                thread = threading.Thread(target=cls._serve, args=(cls._jobs,), name="pyeagle-compute", daemon=True)
+                thread.start()
+                cls.ident = thread.ident
+            cls._jobs.put(fn)
+
+    @staticmethod
+    def _serve(jobs: queue.Queue) -> None:
+        while True:
+            jobs.get()()  # a job catches its own errors
+
+
+def on_compute_thread(fn, *args, **kw):
+    """fn(*args, **kw) run on the thread where every Engine generates; its result, or its exception.
+    For direct ggml work in a process that also generates (Target.prefill / decode / verify,
+    BatchDecoder, DraftHead): from any other thread it would slow every later decode (_ComputeThread)."""
+    if threading.get_ident() == _ComputeThread.ident:
+        return fn(*args, **kw)
+    done = threading.Event()
+    out: dict = {}
+
+    def job():
+        try:
+            out["result"] = fn(*args, **kw)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            out["error"] = e
+        finally:
+            done.set()
+
+    _ComputeThread.submit(job)
+    done.wait()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
 @dataclass
 class Output:
     text: str
@@ -206,17 +262,14 @@ class Engine:
         """Tokens kept as a copy source across generations."""
         return self._core.n_remembered
 
-    def _wait(self, done: threading.Event, worker: threading.Thread) -> None:
+    def _wait(self, done: threading.Event) -> None:
         """Waits for the C++ loop to end, however many Ctrl-C arrive meanwhile (each cancels it
         again), then re-raises the interrupt: the caller never moves on while the loop still runs
-        on its thread (the C++ engine refuses a second generation meanwhile). An Event, not
-        Thread.join(): in Python 3.11 a join interrupted by Ctrl-C can mark a running thread as
-        stopped (CPython gh-90882)."""
+        (the C++ engine refuses a second generation meanwhile)."""
         interrupted = None
         while not done.is_set():
             try:
-                if not done.wait(0.5) and worker.ident is None:
-                    break  # start() failed (or was interrupted) before the thread existed: nothing runs
+                done.wait(0.5)
             except KeyboardInterrupt as e:
                 self._core.cancel()
                 interrupted = e
@@ -249,7 +302,7 @@ class Engine:
         state: dict = {"stopped_at": None}
         tgt = self.target
 
-        def on_tokens(tokens: list[int]) -> bool:  # once per round, on the worker thread
+        def on_tokens(tokens: list[int]) -> bool:  # once per round, on the compute thread
             new = "".join(decoder.decode(tgt.token_to_piece(t)) for t in tokens)
             text_parts.append(new)
             if stop:
@@ -279,14 +332,15 @@ class Engine:
                 done.set()
                 pieces.put(None)
 
-        # The C++ loop runs on a worker thread with the GIL released, so this thread can stream
+        # The C++ loop runs on the compute thread with the GIL released, so this thread can stream
         # pieces and take Ctrl-C: KeyboardInterrupt cancels the loop (within one round), waits
         # for it, and leaves the engine usable.
         with self._lock:
             self._core.clear_cancel()  # a cancel() from here on stops this generation, even before it starts
-            worker = threading.Thread(target=work, name="pyeagle-generate", daemon=True)
+            queued = False
             try:
-                worker.start()
+                _ComputeThread.submit(work)
+                queued = True
                 while True:
                     piece = pieces.get()
                     if piece is None:
@@ -296,7 +350,8 @@ class Engine:
                 self._core.cancel()
                 raise
             finally:
-                self._wait(done, worker)
+                if queued:
+                    self._wait(done)
         if "error" in state:
             raise state["error"]
         tokens, reason, stats = state["result"]

@@ -8,12 +8,14 @@ margin these seeds produce, so a difference in tokens is a bug.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from pyeagle import Engine, Target
+from pyeagle import Engine, Target, on_compute_thread
+from pyeagle.engine import _ComputeThread
 
 EXACT = dict(n_ctx=1024, n_threads=1, flash_attn=0, kv_f32=True)
 PROMPTS = ["the tree of code", "write a fast model", "<|im_start|>user\nhow do you do<|im_end|>\n", "one two"]
@@ -298,3 +300,39 @@ def test_the_engine_refuses_a_second_caller_while_it_generates(tiny_f32):
     eng.cancel()  # nothing runs: the next call is not cancelled
     out = eng.generate("the tree of code", max_tokens=6)
     assert out.stop_reason == "max_tokens" and len(out.tokens) == 6
+
+
+def test_every_engine_generates_on_one_thread_and_other_ggml_work_can_join_it(tiny_f32):
+    """libgomp keeps a team of threads per thread that starts ggml work, and with two teams on few
+    cores every decode waits for sleeping threads (pyeagle.engine._ComputeThread: 95 -> 37 tok/s
+    on 2 cores). So every generation of every engine runs on one thread, and on_compute_thread
+    runs other work there, results and errors coming back to the caller."""
+    seen = set()
+
+    def oracle(context, k):  # called by the round loop, on the thread that generates
+        seen.add(threading.get_ident())
+        return [(0.0, int(context[-1]))]
+
+    for _ in range(2):
+        eng = Engine(str(tiny_f32), draft=None, **EXACT)
+        eng._core.set_draft_oracle(oracle)
+        for _ in range(2):
+            assert len(eng.generate("one two", max_tokens=4).tokens) == 4
+    compute = on_compute_thread(threading.get_ident)
+    assert seen == {compute} and compute != threading.get_ident()
+    assert [t.name for t in threading.enumerate()].count("pyeagle-compute") == 1
+    t = Target(str(tiny_f32), **EXACT)
+    on_compute_thread(t.prefill, [1, 2, 3])
+    assert t.n_past == 3
+    with pytest.raises(ValueError, match="no tokens"):
+        on_compute_thread(t.prefill, [])
+
+
+def test_a_generation_cancelled_while_it_waits_for_the_compute_thread_ends_cancelled(tiny_f32):
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    busy = threading.Event()
+    _ComputeThread.submit(busy.wait)  # another generation holds the compute thread
+    threading.Timer(0.2, lambda: (eng.cancel(), busy.set())).start()
+    out = eng.generate("the tree of code", max_tokens=50)
+    assert out.stop_reason == "cancelled" and out.tokens == []
+    assert eng.generate("the tree of code", max_tokens=5).stop_reason == "max_tokens"
