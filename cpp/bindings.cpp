@@ -182,6 +182,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_past", &target::n_past)
         .def_property_readonly("tokens", &target::tokens)
         .def_property("features", &target::features, &target::set_features)
+        .def_property_readonly("n_head_skipped", &target::n_head_skipped,
+                               "rows of the last prefill whose graph stopped at the hidden state, before the LM head")
         .def("truncate", &target::truncate, py::arg("n_keep"), py::call_guard<py::gil_scoped_release>())
         .def("prefill", [](target & t, const std::vector<llama_token> & ids) {
                  py::gil_scoped_release release;

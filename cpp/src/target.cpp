@@ -100,12 +100,10 @@ target::target(const target_params & params) : params_(params) {
     cp.flash_attn_type = params.flash_attn < 0 ? LLAMA_FLASH_ATTN_TYPE_AUTO
                        : params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (params.kv_f32) cp.type_k = cp.type_v = GGML_TYPE_F32;
-    if (!final_tap_name_.empty()) {
-        // the last layer's output (before the final norm) has no layer-input tap: read it from
-        // the graph as it is computed
-        cp.cb_eval = final_tap_eval;
-        cp.cb_eval_user_data = this;
-    }
+    // the last layer's output (before the final norm) has no layer-input tap: read from the graph
+    // as it is computed; and a prefill chunk that needs only hidden states ends the graph there
+    cp.cb_eval = eval_hook;
+    cp.cb_eval_user_data = this;
     ctx_.reset(llama_init_from_model(model_.get(), cp));
     if (!ctx_) {
         const std::string why = take_last_errors();
@@ -219,13 +217,25 @@ void target::set_features(bool on) {
     llama_set_embeddings(ctx_.get(), on && hidden_rows_);
 }
 
-bool target::final_tap_eval(ggml_tensor * t, bool ask, void * data) {
+// Called for every graph node with ask = true (do we want its data?), then with ask = false once a
+// wanted node is computed: returning false there ends the graph's computation (ggml-backend.cpp,
+// ggml_backend_sched_compute_splits). llama.cpp then copies out the hidden states, computed, and
+// logits, not computed: the caller ignores those rows.
+bool target::eval_hook(ggml_tensor * t, bool ask, void * data) {
     auto * self = static_cast<target *>(data);
-    if (!self->features_ || self->final_tap_name_ != ggml_get_name(t)) return !ask;  // false: not wanted
-    if (ask) return true;
-    self->final_tap_.resize((size_t) ggml_nelements(t));
-    ggml_backend_tensor_get(t, self->final_tap_.data(), 0, ggml_nbytes(t));
-    return true;
+    if (!self->features_) return !ask;  // false when asked: not wanted
+    const char * name = ggml_get_name(t);
+    const bool tap = !self->final_tap_name_.empty() && self->final_tap_name_ == name;
+    // the post-norm hidden state: "result_norm", renamed "result_embd_pooled" when llama.cpp
+    // returns it as the embedding (pooling none: the same tensor)
+    const bool norm = self->stop_at_norm_ && (std::strcmp(name, "result_embd_pooled") == 0 || std::strcmp(name, "result_norm") == 0);
+    if (ask) return tap || norm;
+    if (tap) {
+        self->final_tap_.resize((size_t) ggml_nelements(t));
+        ggml_backend_tensor_get(t, self->final_tap_.data(), 0, ggml_nbytes(t));
+    }
+    if (norm) ++self->n_norm_stops_;
+    return !norm;
 }
 
 // --- evaluation ---------------------------------------------------------------------------
@@ -281,8 +291,10 @@ void target::prefill(const llama_token * ids, int32_t n) {
     // prefilled within 2% of the time in 512-token chunks (docs/BENCHMARKS.md, "Prefill memory").
     const bool all_rows = features_ && hidden_rows_;
     const int32_t chunk = all_rows ? std::min(n_batch_, prefill_rows) : n_batch_;
-    for (int32_t i0 = 0; i0 < n; i0 += chunk) {
-        const int32_t m = std::min(chunk, n - i0);
+    n_head_skipped_ = 0;
+    for (int32_t i0 = 0, m = 0; i0 < n; i0 += m) {
+        // with every row an output, the last token (the only one whose logits are wanted) goes alone
+        m = !all_rows ? std::min(chunk, n - i0) : i0 < n - 1 ? std::min(chunk, n - 1 - i0) : 1;
         for (int32_t i = 0; i < m; ++i) {
             batch_->token[i]     = ids[i0 + i];
             batch_->pos[i]       = n_past() + i;
@@ -290,13 +302,20 @@ void target::prefill(const llama_token * ids, int32_t n) {
             batch_->seq_id[i][0] = 0;
             batch_->logits[i]    = all_rows || i0 + i == n - 1;
         }
+        // Every row is an output only for its hidden state: a chunk before the last token needs no
+        // logits, so its graph stops before the LM head (a fifth of this target's arithmetic per row).
+        stop_at_norm_ = all_rows && i0 + m < n;
+        const int32_t stops_before = n_norm_stops_;
         try {
             decode_batch(m, "prefill");
         } catch (...) {
+            stop_at_norm_ = false;
             llama_memory_seq_rm(llama_get_memory(ctx_.get()), 0, n_past0, -1);  // all or nothing
             tokens_.resize(n_past0);
             throw;
         }
+        if (n_norm_stops_ > stops_before) n_head_skipped_ += m;
+        stop_at_norm_ = false;
         if (features_) copy_features(i0, m);
         tokens_.insert(tokens_.end(), ids + i0, ids + i0 + m);
         last_logits_row_ = m - 1;

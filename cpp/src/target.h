@@ -103,6 +103,7 @@ public:
     int32_t n_hidden_rows() const { return hidden_rows_ ? n_rows_ : 0; }
     static constexpr int32_t prefill_rows = 128;  // prefill chunk when every token is an output row
     int32_t n_logits() const { return n_logits_; }  // logits rows of the last verify (0 after prefill)
+    int32_t n_head_skipped() const { return n_head_skipped_; }  // rows of the last prefill without LM head
 
     // Makes a running llama_decode return early (cancel from another thread).
     void request_abort() { set_cancelling(true); abort_.store(true); }
@@ -112,7 +113,9 @@ private:
     void decode_batch(int32_t n_tokens, const char * what);
     void copy_features(int32_t row0, int32_t n_tokens);
     void check_tokens(const llama_token * ids, int32_t n) const;
-    static bool final_tap_eval(ggml_tensor * t, bool ask, void * data);  // llama.cpp's cb_eval
+    // llama.cpp's cb_eval: reads the final tap; in a prefill chunk that needs no logits, stops the
+    // graph after the post-norm hidden state, before the LM head
+    static bool eval_hook(ggml_tensor * t, bool ask, void * data);
 
     target_params params_;
     std::unique_ptr<llama_model, llama_model_deleter>     model_;    // declared before ctx_
@@ -132,6 +135,9 @@ private:
     std::vector<float> final_tap_;     // [n_tokens, n_embd] of the last decode
     int32_t n_rows_ = 0;
     int32_t n_logits_ = 0;
+    bool stop_at_norm_ = false;        // the decode running needs hidden states only
+    int32_t n_head_skipped_ = 0;
+    int32_t n_norm_stops_ = 0;         // graphs the hook ended at the hidden state
     int32_t last_logits_row_ = -1;     // batch index of the last logits row of the last decode
 
     // the tree in the KV (valid between verify and commit)
