@@ -79,7 +79,7 @@ class _ComputeThread:
     that the next decode starts at once, but only while the teams' threads together fit the
     cores: a second team (a decode started on another thread, the caller's or a fresh one per
     call) makes every team sleep between decodes, and waking them costs more than the decode.
-    On a 2-core machine plain decoding fell from 95 to 38 tok/s after one decode on the caller's
+    On a 2-core machine plain decoding fell from 100 to 41 tok/s after one decode on the caller's
     thread (docs/BENCHMARKS.md, "One thread for ggml's work"). Generations queue here, in order;
     a cancel() of one that waits is honoured when it starts."""
 
