@@ -292,9 +292,8 @@ void target::prefill(const llama_token * ids, int32_t n) {
     const bool all_rows = features_ && hidden_rows_;
     const int32_t chunk = all_rows ? std::min(n_batch_, prefill_rows) : n_batch_;
     n_head_skipped_ = 0;
-    for (int32_t i0 = 0, m = 0; i0 < n; i0 += m) {
-        // with every row an output, the last token (the only one whose logits are wanted) goes alone
-        m = !all_rows ? std::min(chunk, n - i0) : i0 < n - 1 ? std::min(chunk, n - 1 - i0) : 1;
+    for (int32_t i0 = 0; i0 < n; i0 += chunk) {
+        const int32_t m = std::min(chunk, n - i0);
         for (int32_t i = 0; i < m; ++i) {
             batch_->token[i]     = ids[i0 + i];
             batch_->pos[i]       = n_past() + i;
@@ -302,8 +301,11 @@ void target::prefill(const llama_token * ids, int32_t n) {
             batch_->seq_id[i][0] = 0;
             batch_->logits[i]    = all_rows || i0 + i == n - 1;
         }
-        // Every row is an output only for its hidden state: a chunk before the last token needs no
-        // logits, so its graph stops before the LM head (a fifth of this target's arithmetic per row).
+        // Every row is an output only for its hidden state: a chunk before the last needs no logits,
+        // so its graph stops before the LM head (a fifth of this target's arithmetic per row). The
+        // last chunk keeps its rows together: a token decoded in a batch of another size gets other
+        // logits from ggml's kernels (up to ~0.5 apart here), and the first reply token would then
+        // differ from plain decoding's more often than the verify passes make it.
         stop_at_norm_ = all_rows && i0 + m < n;
         const int32_t stops_before = n_norm_stops_;
         try {
