@@ -304,7 +304,7 @@ def test_the_engine_refuses_a_second_caller_while_it_generates(tiny_f32):
 
 def test_every_engine_generates_on_one_thread_and_other_ggml_work_can_join_it(tiny_f32):
     """libgomp keeps a team of threads per thread that starts ggml work, and with two teams on few
-    cores every decode waits for sleeping threads (pyeagle.engine._ComputeThread: 95 -> 37 tok/s
+    cores every decode waits for sleeping threads (pyeagle.engine._ComputeThread: 100 -> 41 tok/s
     on 2 cores). So every generation of every engine runs on one thread, and on_compute_thread
     runs other work there, results and errors coming back to the caller."""
     seen = set()
@@ -330,9 +330,17 @@ def test_every_engine_generates_on_one_thread_and_other_ggml_work_can_join_it(ti
 
 def test_a_generation_cancelled_while_it_waits_for_the_compute_thread_ends_cancelled(tiny_f32):
     eng = Engine(str(tiny_f32), draft=None, **EXACT)
-    busy = threading.Event()
-    _ComputeThread.submit(busy.wait)  # another generation holds the compute thread
-    threading.Timer(0.2, lambda: (eng.cancel(), busy.set())).start()
-    out = eng.generate("the tree of code", max_tokens=50)
+    started, busy = threading.Event(), threading.Event()
+    _ComputeThread.submit(lambda: (started.set(), busy.wait()))  # another generation holds the compute thread
+    started.wait()
+    result = {}
+    caller = threading.Thread(target=lambda: result.update(out=eng.generate("the tree of code", max_tokens=50)))
+    caller.start()
+    while _ComputeThread._jobs.qsize() == 0:  # until the generation waits in the queue
+        time.sleep(0.01)
+    eng.cancel()
+    busy.set()
+    caller.join()
+    out = result["out"]
     assert out.stop_reason == "cancelled" and out.tokens == []
     assert eng.generate("the tree of code", max_tokens=5).stop_reason == "max_tokens"
