@@ -339,7 +339,10 @@ class Engine:
             self._core.clear_cancel()  # a cancel() from here on stops this generation, even before it starts
             queued = False
             try:
-                _ComputeThread.submit(work)
+                if threading.get_ident() == _ComputeThread.ident:
+                    work()  # called from on_compute_thread: run here (queued, it would wait for itself)
+                else:
+                    _ComputeThread.submit(work)
                 queued = True
                 while True:
                     piece = pieces.get()

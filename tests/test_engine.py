@@ -326,6 +326,8 @@ def test_every_engine_generates_on_one_thread_and_other_ggml_work_can_join_it(ti
     assert t.n_past == 3
     with pytest.raises(ValueError, match="no tokens"):
         on_compute_thread(t.prefill, [])
+    # a generation started from work on the compute thread runs there, not queued behind itself
+    assert on_compute_thread(lambda: eng.generate("one two", max_tokens=3).tokens) == eng.generate("one two", max_tokens=3).tokens
 
 
 def test_a_generation_cancelled_while_it_waits_for_the_compute_thread_ends_cancelled(tiny_f32):
