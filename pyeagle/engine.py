@@ -88,6 +88,15 @@ class _ComputeThread:
     ident: int | None = None
 
     @classmethod
+    def start(cls, fn) -> None:
+        """Runs fn in place when called from the compute thread (queued, it would wait for itself),
+        else queues it."""
+        if threading.get_ident() == cls.ident:
+            fn()
+        else:
+            cls.submit(fn)
+
+    @classmethod
     def submit(cls, fn) -> None:
         with cls._lock:
             if cls._jobs is None:
@@ -107,8 +116,6 @@ def on_compute_thread(fn, *args, **kw):
     """fn(*args, **kw) run on the thread where every Engine generates; its result, or its exception.
     For direct ggml work in a process that also generates (Target.prefill / decode / verify,
     BatchDecoder, DraftHead): from any other thread it would slow every later decode (_ComputeThread)."""
-    if threading.get_ident() == _ComputeThread.ident:
-        return fn(*args, **kw)
     done = threading.Event()
     out: dict = {}
 
@@ -120,7 +127,7 @@ def on_compute_thread(fn, *args, **kw):
         finally:
             done.set()
 
-    _ComputeThread.submit(job)
+    _ComputeThread.start(job)
     done.wait()
     if "error" in out:
         raise out["error"]
@@ -339,10 +346,7 @@ class Engine:
             self._core.clear_cancel()  # a cancel() from here on stops this generation, even before it starts
             queued = False
             try:
-                if threading.get_ident() == _ComputeThread.ident:
-                    work()  # called from on_compute_thread: run here (queued, it would wait for itself)
-                else:
-                    _ComputeThread.submit(work)
+                _ComputeThread.start(work)
                 queued = True
                 while True:
                     piece = pieces.get()

@@ -234,7 +234,7 @@ bool target::eval_hook(ggml_tensor * t, bool ask, void * data) {
         self->final_tap_.resize((size_t) ggml_nelements(t));
         ggml_backend_tensor_get(t, self->final_tap_.data(), 0, ggml_nbytes(t));
     }
-    if (norm) ++self->n_norm_stops_;
+    if (norm) self->stopped_at_norm_ = true;
     return !norm;
 }
 
@@ -307,7 +307,7 @@ void target::prefill(const llama_token * ids, int32_t n) {
         // logits from ggml's kernels (up to ~0.5 apart here), and the first reply token would then
         // differ from plain decoding's more often than the verify passes make it.
         stop_at_norm_ = all_rows && i0 + m < n;
-        const int32_t stops_before = n_norm_stops_;
+        stopped_at_norm_ = false;
         try {
             decode_batch(m, "prefill");
         } catch (...) {
@@ -316,7 +316,7 @@ void target::prefill(const llama_token * ids, int32_t n) {
             tokens_.resize(n_past0);
             throw;
         }
-        if (n_norm_stops_ > stops_before) n_head_skipped_ += m;
+        if (stopped_at_norm_) n_head_skipped_ += m;
         stop_at_norm_ = false;
         if (features_) copy_features(i0, m);
         tokens_.insert(tokens_.end(), ids + i0, ids + i0 + m);

@@ -136,8 +136,8 @@ private:
     int32_t n_rows_ = 0;
     int32_t n_logits_ = 0;
     bool stop_at_norm_ = false;        // the decode running needs hidden states only
+    bool stopped_at_norm_ = false;     // ... and the hook ended its graph there
     int32_t n_head_skipped_ = 0;
-    int32_t n_norm_stops_ = 0;         // graphs the hook ended at the hidden state
     int32_t last_logits_row_ = -1;     // batch index of the last logits row of the last decode
 
     // the tree in the KV (valid between verify and commit)
