@@ -182,6 +182,10 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_past", &target::n_past)
         .def_property_readonly("tokens", &target::tokens)
         .def_property("features", &target::features, &target::set_features)
+        .def_property_readonly("own_last_logits", &target::own_last_logits,
+                               "whether a features-on prefill now computes its last row's logits in a graph of "
+                               "its own (after the first one showed them equal to llama.cpp's), so that no "
+                               "prompt row pays the LM head")
         .def_property_readonly("n_head_skipped", &target::n_head_skipped,
                                "rows of the last prefill whose graph stopped at the hidden state, before the LM head")
         .def("truncate", &target::truncate, py::arg("n_keep"), py::call_guard<py::gil_scoped_release>())

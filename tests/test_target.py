@@ -213,6 +213,28 @@ def test_long_prefill_is_chunked(tiny_f32):
     np.testing.assert_allclose(t.last_logits(), ref.last_logits(), atol=1e-4)
 
 
+def test_prefill_last_logits_from_own_lm_head(tiny_f32):
+    """With features on, every prompt row is an output for its hidden state; after a first prefill
+    showed its own LM head over the last row equal to llama.cpp's, no prompt row pays the LM head:
+    the same hidden states, the same logits as a plain prefill."""
+    kw = dict(n_ctx=256, n_threads=1)
+    t, ref = Target(str(tiny_f32), **kw), Target(str(tiny_f32), **kw)
+    ids = t.tokenize(PROMPT)
+    t.features = True
+    t.prefill(ids)  # the first: llama.cpp's logits, compared with its own
+    assert t.n_head_skipped == 0 and t.own_last_logits
+    first = np.array(t.last_logits())
+    t.truncate(0)
+    t.prefill(ids)
+    assert t.n_head_skipped == len(ids)
+    ref.prefill(ids)  # features off: only the last row is an output
+    np.testing.assert_allclose(t.last_logits(), ref.last_logits(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(t.last_logits(), first, rtol=0, atol=1e-4)
+    ref.features = True
+    ref.prefill(ids[-1:])  # a one-row prefill keeps llama.cpp's LM head (it is one row)
+    assert ref.n_head_skipped == 0
+
+
 # --- bad input: an exception naming the file and the reason, the process alive -------------
 
 def test_missing_file(tmp_path):

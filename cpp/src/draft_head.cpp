@@ -166,27 +166,6 @@ struct gguf_file {
     FILE * fp = nullptr;  // opened by the first read
 };
 
-// Where a target tensor lives decides how the head may use it. A tied output matrix is
-// duplicated by llama.cpp into the output layer's buffer (GPU, or repacked for the CPU's fast
-// kernels); the plain host copy is the input layer's.
-ggml_tensor * output_matrix(const target & tgt) {
-    std::vector<ggml_tensor *> v = ext::model_tensors(tgt.model(), "output.weight");
-    if (v.empty()) v = ext::model_tensors(tgt.model(), "token_embd.weight");
-    // rank: a GPU copy first, then a CPU copy outside plain host memory (repacked for the CPU's fast
-    // kernels), then any; a buffer type without a device (an mmapped file) is the CPU's
-    auto rank = [](const ggml_tensor * t) {
-        if (!t->buffer) return 3;
-        ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer));
-        if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) return 0;
-        return ggml_backend_buffer_is_host(t->buffer) ? 2 : 1;
-    };
-    ggml_tensor * best = nullptr;
-    for (ggml_tensor * t : v) {
-        if (!best || rank(t) < rank(best)) best = t;
-    }
-    return best;
-}
-
 ggml_tensor * host_embedding(const target & tgt) {
     for (ggml_tensor * t : ext::model_tensors(tgt.model(), "token_embd.weight")) {
         if (t->buffer && ggml_backend_buffer_is_host(t->buffer)) return t;
@@ -402,7 +381,7 @@ void draft_head::load(const target & tgt) {
 
     // The target's tensors, used in place: the embedding is read row by row on the host, the
     // output matrix (when the head has none) runs in the head's graph on the target's device.
-    ggml_tensor * t_out = output_matrix(tgt);
+    ggml_tensor * t_out = tgt.output_matrix();
     if (!t_out) throw file_error(tgt.path(), "the loaded model has no output matrix");
     if (!own_embd) {
         if (h != tgt.n_embd()) throw mismatch("the head has no token_embd.weight, and the target's has another width");

@@ -3,13 +3,61 @@
 #include "common.h"
 #include "llama_ext.h"
 
+#include "ggml-alloc.h"
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <thread>
 
 namespace pyeagle {
+
+// The LM head over one post-norm hidden row, in a graph of its own on the CPU: the op that ends
+// llama.cpp's graph (result_norm -> result_output), on the same weights, with the shapes of a decode
+// whose only output is that row. A features-on prefill needs every row's hidden state but only the
+// last row's logits; llama.cpp computes logits for every output row.
+class row_head {
+public:
+    row_head(ggml_tensor * out, int32_t n_threads) {
+        ggml_init_params ip = {ggml_tensor_overhead() * 4 + ggml_graph_overhead_custom(4, false), nullptr, true};
+        ctx_ = ggml_init(ip);
+        backend_ = ggml_backend_cpu_init();
+        if (!ctx_ || !backend_) { release(); throw std::runtime_error("target: cannot initialise the CPU backend"); }
+        ggml_backend_cpu_set_n_threads(backend_, std::max(1, n_threads));
+        h_ = ggml_new_tensor_2d(ctx_, GGML_TYPE_F32, out->ne[0], 1);
+        ggml_set_input(h_);
+        logits_ = ggml_mul_mat(ctx_, out, h_);
+        ggml_set_output(logits_);
+        gf_ = ggml_new_graph_custom(ctx_, 4, false);
+        ggml_build_forward_expand(gf_, logits_);
+        alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
+        if (!alloc_ || !ggml_gallocr_alloc_graph(alloc_, gf_)) { release(); throw std::runtime_error("target: cannot allocate the LM head's graph"); }
+    }
+    ~row_head() { release(); }
+    row_head(const row_head &) = delete;
+    row_head & operator=(const row_head &) = delete;
+
+    void logits(const float * h, float * dst) {
+        ggml_backend_tensor_set(h_, h, 0, ggml_nbytes(h_));
+        if (ggml_backend_graph_compute(backend_, gf_) != GGML_STATUS_SUCCESS) throw std::runtime_error("target: LM head compute failed");
+        ggml_backend_tensor_get(logits_, dst, 0, ggml_nbytes(logits_));
+    }
+
+private:
+    void release() {
+        if (alloc_) ggml_gallocr_free(alloc_);
+        if (backend_) ggml_backend_free(backend_);
+        if (ctx_) ggml_free(ctx_);
+        alloc_ = nullptr; backend_ = nullptr; ctx_ = nullptr;
+    }
+    ggml_context * ctx_ = nullptr;
+    ggml_backend_t backend_ = nullptr;
+    ggml_gallocr_t alloc_ = nullptr;
+    ggml_tensor * h_ = nullptr, * logits_ = nullptr;
+    ggml_cgraph * gf_ = nullptr;
+};
 
 namespace {
 
@@ -122,6 +170,26 @@ target::target(const target_params & params) : params_(params) {
         if (l < n_layer_) ext::set_layer_tap(ctx_.get(), (uint32_t) l, true);
     }
     batch_.reset(new llama_batch(llama_batch_init(n_batch_, 0, n_seq_max_)));
+}
+
+target::~target() = default;
+
+ggml_tensor * target::output_matrix() const {
+    std::vector<ggml_tensor *> v = ext::model_tensors(model_.get(), "output.weight");
+    if (v.empty()) v = ext::model_tensors(model_.get(), "token_embd.weight");
+    // rank: a GPU copy first, then a CPU copy outside plain host memory (repacked for the CPU's fast
+    // kernels), then any; a buffer type without a device (an mmapped file) is the CPU's
+    auto rank = [](const ggml_tensor * t) {
+        if (!t->buffer) return 3;
+        ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer));
+        if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) return 0;
+        return ggml_backend_buffer_is_host(t->buffer) ? 2 : 1;
+    };
+    ggml_tensor * best = nullptr;
+    for (ggml_tensor * t : v) {
+        if (!best || rank(t) < rank(best)) best = t;
+    }
+    return best;
 }
 
 // --- vocabulary ---------------------------------------------------------------------------
@@ -291,6 +359,12 @@ void target::prefill(const llama_token * ids, int32_t n) {
     // prefilled within 2% of the time in 512-token chunks (docs/BENCHMARKS.md, "Prefill memory").
     const bool all_rows = features_ && hidden_rows_;
     const int32_t chunk = all_rows ? std::min(n_batch_, prefill_rows) : n_batch_;
+    // The last chunk stops before the LM head too where row_head gives its last row's logits (not
+    // for a chunk of one row, whose LM head in llama.cpp's graph is that already).
+    const int32_t m_last = n - (n - 1) / chunk * chunk;
+    const bool own = all_rows && m_last > 1 && own_head_state_ != own_head::off;
+    const bool own_now = own && own_head_state_ == own_head::on;
+    last_logits_own_ = false;
     n_head_skipped_ = 0;
     for (int32_t i0 = 0; i0 < n; i0 += chunk) {
         const int32_t m = std::min(chunk, n - i0);
@@ -305,8 +379,9 @@ void target::prefill(const llama_token * ids, int32_t n) {
         // so its graph stops before the LM head (a fifth of this target's arithmetic per row). The
         // last chunk keeps its rows together: a token decoded in a batch of another size gets other
         // logits from ggml's kernels (up to ~0.5 apart here), and the first reply token would then
-        // differ from plain decoding's more often than the verify passes make it.
-        stop_at_norm_ = all_rows && i0 + m < n;
+        // differ from plain decoding's more often than the verify passes make it. Its last row's
+        // logits then come from row_head (own_now), or from llama.cpp's LM head over every row.
+        stop_at_norm_ = all_rows && (i0 + m < n || own_now);
         stopped_at_norm_ = false;
         try {
             decode_batch(m, "prefill");
@@ -322,6 +397,47 @@ void target::prefill(const llama_token * ids, int32_t n) {
         tokens_.insert(tokens_.end(), ids + i0, ids + i0 + m);
         last_logits_row_ = m - 1;
     }
+    if (own) own_prefill_logits(!own_now);
+}
+
+// The last prefill row's logits through row_head. compare: llama.cpp computed them too (the first
+// features-on prefill); the two must agree within kernel noise (~1e-3 here) for row_head to take
+// over. They do not where the model's graph does more after the LM head (a logit scale, a soft
+// cap), and row_head runs on the CPU only: with the output matrix on a GPU, llama.cpp's LM head
+// over a prefill chunk costs little.
+void target::own_prefill_logits(bool compare) {
+    const int32_t row = n_rows_ - 1;
+    if (!row_head_) {
+        ggml_tensor * out = output_matrix();
+        ggml_backend_dev_t dev = out && out->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(out->buffer)) : nullptr;
+        const bool on_cpu = out && (!dev || ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU);
+        if (!on_cpu || out->ne[0] != n_embd_ || out->ne[1] != n_vocab_) {
+            own_head_state_ = own_head::off;
+            return;
+        }
+        try {
+            row_head_.reset(new row_head(out, n_threads_));
+        } catch (const std::runtime_error & e) {
+            log(log_level::debug, "pyeagle: %s; prefill logits stay llama.cpp's\n", e.what());
+            own_head_state_ = own_head::off;
+            return;
+        }
+    }
+    own_logits_.resize(n_vocab_);
+    row_head_->logits(hidden(row), own_logits_.data());
+    if (compare) {
+        const float * ref = logits(last_logits_row_);
+        float diff = 0, scale = 0;
+        for (int32_t i = 0; i < n_vocab_; ++i) {
+            diff  = std::max(diff, std::fabs(own_logits_[i] - ref[i]));
+            scale = std::max(scale, std::fabs(ref[i]));
+        }
+        own_head_state_ = std::isfinite(diff) && diff <= 1e-2f * (1.0f + scale) ? own_head::on : own_head::off;
+        log(log_level::debug, "pyeagle: prefill logits of one row against llama.cpp's: max difference %g (largest logit %g): %s\n",
+            diff, scale, own_head_state_ == own_head::on ? "used from now on" : "not used");
+        return;  // this prefill keeps llama.cpp's
+    }
+    last_logits_own_ = true;
 }
 
 void target::verify(const llama_token * ids, const int32_t * parent, int32_t n) {
@@ -385,6 +501,7 @@ void target::verify(const llama_token * ids, const int32_t * parent, int32_t n) 
     taps_.resize((size_t) n_rows_ * n_embd_ * params_.tap_layers.size());
     if (features_) copy_features(0, n);
     last_logits_row_ = n - 1;
+    last_logits_own_ = false;
     n_logits_ = n;
     tree_tokens_.assign(ids, ids + n);
 }
@@ -420,7 +537,7 @@ void target::discard_tree() {
 
 const float * target::last_logits() const {
     if (last_logits_row_ < 0) throw std::logic_error("no logits yet: nothing was decoded");
-    return logits(last_logits_row_);
+    return last_logits_own_ ? own_logits_.data() : logits(last_logits_row_);
 }
 
 const float * target::logits(int32_t i) const {

@@ -17,7 +17,11 @@
 #include <string>
 #include <vector>
 
+struct ggml_tensor;
+
 namespace pyeagle {
+
+class row_head;  // target.cpp: the LM head over one hidden row, in a graph of its own
 
 struct target_params {
     std::string path;
@@ -40,6 +44,7 @@ struct llama_batch_deleter   { void operator()(llama_batch * b)   const { llama_
 class target {
 public:
     explicit target(const target_params & params);
+    ~target();
 
     // --- vocabulary -------------------------------------------------------------------
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
@@ -64,6 +69,10 @@ public:
     int32_t n_gpu_layers() const { return params_.n_gpu_layers; }
     const std::vector<int32_t> & tap_layers() const { return params_.tap_layers; }
     llama_model * model() const { return model_.get(); }
+    // The loaded model's output matrix, where a graph should use it: llama.cpp's copy for the output
+    // layer (a GPU's, or one repacked for the CPU's fast kernels) before the host one; a tied output
+    // matrix is token_embd.weight. nullptr when the model has none.
+    ggml_tensor * output_matrix() const;
 
     // --- state ------------------------------------------------------------------------
     int32_t n_past() const { return (int32_t) tokens_.size(); }
@@ -104,6 +113,9 @@ public:
     static constexpr int32_t prefill_rows = 128;  // prefill chunk when every token is an output row
     int32_t n_logits() const { return n_logits_; }  // logits rows of the last verify (0 after prefill)
     int32_t n_head_skipped() const { return n_head_skipped_; }  // rows of the last prefill without LM head
+    // Whether a features-on prefill computes its last row's logits in a graph of its own (after a
+    // first prefill showed them equal to llama.cpp's), so that no prompt row pays the LM head.
+    bool own_last_logits() const { return own_head_state_ == own_head::on; }
 
     // Makes a running llama_decode return early (cancel from another thread).
     void request_abort() { set_cancelling(true); abort_.store(true); }
@@ -139,6 +151,15 @@ private:
     bool stopped_at_norm_ = false;     // ... and the hook ended its graph there
     int32_t n_head_skipped_ = 0;
     int32_t last_logits_row_ = -1;     // batch index of the last logits row of the last decode
+    // The last row's logits of a features-on prefill, from row_head rather than llama.cpp's graph.
+    // untested: the first such prefill computes both and compares them; off: not this model (its
+    // graph does more after the LM head: a logit scale or soft cap) or not its device (GPU)
+    enum class own_head { untested, on, off };
+    own_head own_head_state_ = own_head::untested;
+    std::unique_ptr<row_head> row_head_;
+    std::vector<float> own_logits_;    // [n_vocab]
+    bool last_logits_own_ = false;     // last_logits() is own_logits_
+    void own_prefill_logits(bool compare);
 
     // the tree in the KV (valid between verify and commit)
     int32_t tree_n_ = 0;
