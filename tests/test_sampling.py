@@ -293,3 +293,23 @@ def test_batch_decoder_samples_the_targets_distribution(peaked):
     assert all(nucleus[x] for x in wide) and max(rank[x] for x in wide) >= 256
     with pytest.raises(ValueError, match="out of range"):
         BatchDecoder(t, 2, 64, 512, 1).set_sampling(temperature=1.0, top_p=0.0)
+
+
+def test_argmax_is_the_first_largest_value():
+    """Greedy decoding's choice (the C++ argmax, vectorised by lanes): numpy's argmax, ties to the
+    first position, at every length around the lane width and over a vocabulary's size."""
+    from pyeagle import _core
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 15, 16, 17, 31, 32, 33, 47, 100, 49152, 49153]:
+        for _ in range(20):
+            x = rng.normal(size=n).astype(np.float32)
+            assert _core.argmax(x.tolist()) == int(np.argmax(x))
+            x[rng.integers(n):] = x.max()  # ties: the first one wins
+            assert _core.argmax(x.tolist()) == int(np.argmax(x))
+    x = np.full(49152, -np.inf, np.float32)
+    x[40000] = -1e30
+    assert _core.argmax(x.tolist()) == 40000
+    x[7] = np.nan  # no crash, a position in range
+    assert 0 <= _core.argmax(x.tolist()) < len(x)
+    with pytest.raises(ValueError):
+        _core.argmax([])

@@ -2,6 +2,7 @@
 
 #include "common.h"
 #include "llama_ext.h"
+#include "sampling.h"
 
 #include "ggml-backend.h"
 
@@ -142,7 +143,7 @@ std::vector<llama_token> batch_decoder::step(const std::vector<std::vector<llama
                 target_probs(l, n_vocab_, sampling_, probs_);
                 next[last_of[i]] = (llama_token) sample(probs_, rng_);
             } else {
-                next[last_of[i]] = (llama_token) (std::max_element(l, l + n_vocab_) - l);
+                next[last_of[i]] = (llama_token) argmax(l, n_vocab_);
             }
             last_of[i] = -1;
         }

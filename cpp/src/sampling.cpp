@@ -6,8 +6,25 @@
 
 namespace pyeagle {
 
+// The first position of the largest value, as std::max_element, which compilers do not vectorise
+// (a comparison and an index per value: ~56 us over a 49k vocabulary here, once a token). The max
+// by 16 lanes first, a loop they turn into vector max instructions, then its first position: ~17 us.
 int32_t argmax(const float * logits, int32_t n) {
-    return (int32_t) (std::max_element(logits, logits + n) - logits);
+    constexpr int32_t lanes = 16;
+    if (n < 2 * lanes) return (int32_t) (std::max_element(logits, logits + n) - logits);
+    float acc[lanes];
+    std::copy(logits, logits + lanes, acc);
+    int32_t i = lanes;
+    for (; i + lanes <= n; i += lanes) {
+        for (int32_t j = 0; j < lanes; ++j) acc[j] = logits[i + j] > acc[j] ? logits[i + j] : acc[j];
+    }
+    float m = acc[0];
+    for (int32_t j = 1; j < lanes; ++j) m = acc[j] > m ? acc[j] : m;
+    for (; i < n; ++i) m = logits[i] > m ? logits[i] : m;
+    for (int32_t k = 0; k < n; ++k) {
+        if (logits[k] == m) return k;
+    }
+    return (int32_t) (std::max_element(logits, logits + n) - logits);  // NaNs: max_element's rule
 }
 
 void target_probs(const float * logits, int32_t n, const sampling_params & sp, std::vector<float> & p) {
