@@ -212,7 +212,7 @@ class Engine:
                  store: bool | None = None, remember: bool = True) -> Output:
         out = None
         for piece in self._run(prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft,
-                               remember, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
+                               remember, per_round=False, n_depth=n_depth, n_top_k=n_top_k, n_tree=n_tree, p_min=p_min,
                                adaptive=adaptive, n_lookup=n_lookup, suffix=suffix, copy_only=copy_only, store=store):
             if isinstance(piece, Output):
                 out = piece
@@ -296,7 +296,10 @@ class Engine:
         return defaults
 
     def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, remember=True,
-             **tree):
+             per_round=True, **tree):
+        """Yields the text once per round (per_round=True), then the Output. Without pieces and stop
+        strings the C++ loop runs without a Python callback (which costs each round the GIL) and
+        the text is decoded once at the end."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("empty prompt")
@@ -332,7 +335,7 @@ class Engine:
 
         def work():
             try:
-                state["result"] = self._core.generate(ids, gp, on_tokens)
+                state["result"] = self._core.generate(ids, gp, on_tokens if per_round or stop else None)
             except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
                 state["error"] = e
             finally:
@@ -362,6 +365,8 @@ class Engine:
         if "error" in state:
             raise state["error"]
         tokens, reason, stats = state["result"]
+        if not (per_round or stop):
+            text_parts.append(decoder.decode(b"".join(tgt.token_to_piece(t) for t in tokens)))
         tail = decoder.decode(b"", final=True)  # a UTF-8 sequence cut off at the end
         text = "".join(text_parts) + tail
         if state["stopped_at"] is not None:
