@@ -140,6 +140,20 @@ def test_a_curve_measured_under_load_falls_back_into_shape():
     assert 7.6 < after[0] < 1.2 * 7.6 and after[1] / after[0] == pytest.approx(14.2 / 7.6)
 
 
+def test_a_longer_context_rescales_the_curve_from_a_few_passes():
+    """Attention grows with the context, by more for bigger passes: passes timed at a few sizes move
+    every point by the ratio now / before, interpolated in n between them, flat beyond them; the
+    step shape between anchors (ggml's blocks of 4) stays."""
+    grid = dict(CPU)
+    anchors = [(1, 1.2 * grid[1]), (4, 1.5 * grid[4]), (13, 2.0 * grid[13])]
+    got = _core.cost_rescaled(CPU, anchors, [1, 2, 4, 6, 13, 63])
+    want = [1.2 * grid[1], (1.2 + 0.3 / 3) * grid[2], 1.5 * grid[4], (1.5 + 0.5 * 2 / 9) * grid[6],
+            2.0 * grid[13], 2.0 * grid[63]]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # no anchors: nothing moves
+    np.testing.assert_allclose(_core.cost_rescaled(CPU, [], [1, 9]), [grid[1], grid[9]], rtol=1e-6)
+
+
 def test_suffix_lookup_votes_for_continuations():
     assert _core.suffix_lookup([1, 2, 3], 8, 4, 8) == ([], [], [], 0, 0)
     # "1 2" occurred three times: followed by 3, 3 and 4; the tree counts the votes

@@ -50,6 +50,30 @@ void cost_model::observe_verify(int32_t n, double seconds) {
     (i == 0 ? level_ : grid_[i].second) *= 1 + ema * (r - 1);
 }
 
+void cost_model::rescale(const std::vector<std::pair<int32_t, double>> & anchors, int32_t n_past) {
+    if (grid_.empty() || anchors.empty()) return;
+    std::vector<std::pair<int32_t, double>> ratio;  // (n, now / the estimate before)
+    for (const auto & [n, s] : anchors) {
+        const double before = verify(n);
+        if (before > 0 && s > 0) ratio.emplace_back(n, s / before);
+    }
+    if (ratio.empty()) return;
+    auto factor = [&](int32_t n) {
+        if (n <= ratio.front().first) return ratio.front().second;
+        for (size_t i = 1; i < ratio.size(); ++i) {
+            const auto & [n1, r1] = ratio[i];
+            if (n <= n1) {
+                const auto & [n0, r0] = ratio[i - 1];
+                return r0 + (r1 - r0) * (n - n0) / std::max(1, n1 - n0);
+            }
+        }
+        return ratio.back().second;
+    };
+    for (auto & [n, s] : grid_) s = level_ * s * factor(n);
+    level_ = 1.0;
+    measured_at_ = n_past;
+}
+
 void cost_model::observe_probe(double seconds) {
     probe_ = probe_ > 0 ? probe_ + ema * (seconds - probe_) : seconds;
 }

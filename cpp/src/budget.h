@@ -47,6 +47,11 @@ public:
     // for a while then falls back into shape with the plain steps that follow, rather than pricing
     // every draft too high for the engine's lifetime (draft sizes it prices out are never observed).
     void observe_verify(int32_t n, double seconds);
+    // The context has grown (attention costs more, by more for bigger passes): passes timed now at a
+    // few of the grid's sizes (anchors, ascending) move every point by the ratio now / before,
+    // interpolated between anchors in n (flat beyond them). Keeps the kernels' step shape between
+    // anchors, which does not depend on the context, at a fraction of a whole measurement.
+    void rescale(const std::vector<std::pair<int32_t, double>> & anchors, int32_t n_past);
 
     double probe() const { return probe_; }  // head catch-up prefix + root logits, seconds
     void observe_probe(double seconds);

@@ -142,7 +142,9 @@ private:
     round_kind plan_round(int32_t root, const gen_params & gp, draft_tree & out, gen_stats & st);
     void grow_head_tree(int32_t root, const gen_params & gp, bool calibrated, tree_builder & tb);
     void count_head(const draft_tree & t, const std::vector<int32_t> & path);
+    double time_verify(int32_t n, int32_t filler);  // seconds of one verify pass over a chain of n, discarded
     void measure_verify_cost(int32_t n_max, int32_t filler);
+    void rescale_verify_cost(int32_t filler);
 
     engine_params params_;
     std::unique_ptr<target> target_;
