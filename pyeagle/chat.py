@@ -224,8 +224,16 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - line editing and history for input()
         draft_name = engine.draft_path or "none (plain decoding)"
-        print(f"pyeagle chat: {engine.target_path}, draft: {draft_name}, n_ctx {engine.target.n_ctx}\n"
-              "/help for commands, Ctrl-C stops a reply, Ctrl-D exits", file=info)
+        print(f"pyeagle chat: {engine.target_path}, draft: {draft_name}, n_ctx {engine.target.n_ctx}", file=info)
+    # the draft policy measures this machine's verify costs before its first draft: now, not in the
+    # first reply's time to first token
+    try:
+        warm = engine.warm_up()
+    except KeyboardInterrupt:
+        return 130
+    if interactive:
+        measured = f"(verify costs measured in {warm:.1f} s)\n" if warm else ""
+        print(f"{measured}/help for commands, Ctrl-C stops a reply, Ctrl-D exits", file=info)
     while True:
         try:
             line = input("> ") if interactive else sys.stdin.readline()

@@ -389,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    warm = engine.warm_up()  # the draft policy's cost measurement, here rather than in the first request
+    if warm:
+        log.info("verify costs measured in %.1f s", warm)
     log.info("serving %s%s on http://%s:%d/v1", engine.model_name,
              f" with {engine.draft_path}" if engine.draft_path else " (no draft head)", args.host, args.port)
     app = create_app(engine, api_key=args.api_key, max_queue=args.queue, timeout=args.timeout,

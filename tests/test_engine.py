@@ -192,6 +192,27 @@ def test_prompt_lookup_keeps_greedy_exact_and_copies_repeats(tiny_f32, plain_out
         assert accepted > 0  # the random head is almost never right; copied repeats are
 
 
+def test_generate_without_callback_gives_the_streamed_text(tiny_f32, plain_outputs):
+    """generate() runs the C++ loop without a per-round callback and decodes once at the end; the
+    text is what streaming, round by round, gives."""
+    eng = Engine(str(tiny_f32), draft=None, **EXACT)
+    for p in PROMPTS:
+        out = eng.generate(p, max_tokens=40)
+        assert out.tokens == plain_outputs[p][:40]
+        assert "".join(eng.stream(p, max_tokens=40)) == out.text == eng.last.text
+
+
+def test_warm_up_measures_the_costs_before_the_first_reply(tiny_f32, random_heads):
+    eng = Engine(str(tiny_f32), draft=random_heads["eagle12"], **EXACT)
+    assert eng._core.verify_curve() == []
+    assert eng.warm_up() > 0
+    curve = eng._core.verify_curve()
+    assert curve and curve[0][0] == 1 and eng.target.n_past == 0
+    out = eng.generate(PROMPTS[0], max_tokens=8)
+    assert eng._core.verify_curve() != [] and out.stats.n_tokens == 8
+    assert Engine(str(tiny_f32), draft=None, **EXACT).warm_up() == 0.0
+
+
 def test_prompt_lookup_finds_the_longest_most_recent_matches():
     from pyeagle import _core
     assert _core.prompt_lookup([1, 2, 3], 4, 5) == []
