@@ -128,6 +128,24 @@ def test_cancel_and_keyboard_interrupt_leave_engine_usable(tiny_f32):
     assert len(out.tokens) == 5
 
 
+def test_keyboard_interrupt_during_generate_cancels_it(tiny_f32):
+    """generate() runs without a per-round callback: a Ctrl-C (here from a timer thread) reaches the
+    caller blocked on the result, cancels the loop within a round, and the engine works on."""
+    import _thread
+    import threading
+    eng = Engine(str(tiny_f32), draft=None, **{**EXACT, "n_ctx": 4096})
+    finished = []
+    timer = threading.Timer(0.05, _thread.interrupt_main)  # 4000 tokens take ~0.6 s here
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            finished.append(eng.generate("the tree of code", max_tokens=4000))
+    finally:
+        timer.cancel()
+    assert finished == []
+    assert len(eng.generate("the tree of code", max_tokens=5).tokens) == 5
+
+
 def test_bad_parameters(tiny_f32):
     eng = Engine(str(tiny_f32), draft=None, **EXACT)
     with pytest.raises(ValueError):
