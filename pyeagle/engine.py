@@ -260,11 +260,13 @@ class Engine:
         """Pays now what the first generation with the head would: the round policy's measurement
         of this machine's verify costs (about a second on a 2-core CPU) and the first prefill's
         check of its own LM head. A chat or a server calls it at start-up, so that the first reply
-        does not wait for it. Returns the seconds it took (0 without a head); the KV is left empty."""
-        if not self.has_draft:
+        does not wait for it. Returns the seconds it took (0 when nothing is drafted: no head and
+        not copy_only); the KV is left empty."""
+        if not (self.has_draft or self.tree.get("copy_only")):
             return 0.0
         t0 = time.perf_counter()
-        self.generate(self.tokenize(self.WARM_UP_TEXT), max_tokens=1, remember=False)
+        ids = self.tokenize(self.WARM_UP_TEXT)
+        self.generate(ids[:max(1, self.target.n_ctx // 2)], max_tokens=1, remember=False)
         self.reset()
         return time.perf_counter() - t0
 

@@ -285,10 +285,8 @@ void engine::count_head(const draft_tree & t, const std::vector<int32_t> & path)
     }
 }
 
-// Verify passes over n = 1, 2, ..., 16, 20, 24, 28, 32, 40, 48, 60, 72, ... tokens (a chain of
-// `filler`) on the current context, after one untimed warm-up pass, in two sweeps (up, then down),
-// each size keeping its faster time; the trees are discarded, the committed state is untouched.
-// Dense where trees usually are: the cost is not smooth in n.
+// One verify pass over a chain of n `filler` tokens on the current context, timed; the tree is
+// discarded, the committed state untouched.
 double engine::time_verify(int32_t n, int32_t filler) {
     std::vector<llama_token> tok(n, filler);
     std::vector<int32_t> parent(n);
@@ -300,6 +298,9 @@ double engine::time_verify(int32_t n, int32_t filler) {
     return s;
 }
 
+// Verify passes over n = 1, 2, ..., 16, 20, 24, 28, 32, 40, 48, 60, 72, ... tokens after one
+// untimed warm-up pass, in two sweeps (up, then down), each size keeping its faster time. Dense
+// where trees usually are: the cost is not smooth in n.
 void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
     auto pass = [&](int32_t n) { return time_verify(n, filler); };
     pass(1);
