@@ -73,8 +73,12 @@ public:
     // After acceptance: count the tries and hits of the proposal's main path (each verified node
     // whose parent was accepted), the copied tokens accepted, the streak.
     void score(const std::vector<int32_t> & path, acceptance & acc, gen_stats & st);
-    // a new generation: no streak, and the estimates unscaled (new text)
-    void clear_streak() { streak_ = false; n_run_ = 0; n_hit_ = n_expect_ = 1.0; }
+    // a new generation: no streak, and the estimates at half until copies prove themselves in this
+    // text (a slow start: the rates are the engine's, pooled over earlier texts, and one copy that
+    // fails early costs a short answer a large share of its time; rounds without copies bring the
+    // scale back toward 1, 5% of the way a round)
+    void clear_streak() { streak_ = false; n_run_ = 0; n_hit_ = bias_start; n_expect_ = 1.0; }
+    static constexpr double bias_start = 0.5;
 
 private:
     struct node {
