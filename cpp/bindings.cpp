@@ -122,27 +122,20 @@ PYBIND11_MODULE(_core, m) {
           "a_desc (descending), drafting time already spent, a verify cost curve [(tokens, seconds)] and the "
           "price of time (tokens per second)");
     m.def("cost_after", [](std::vector<std::pair<int32_t, double>> curve,
-                           const std::vector<std::pair<int32_t, double>> & observed, const std::vector<int32_t> & sizes) {
+                           const std::vector<std::pair<int32_t, double>> & observed, const std::vector<int32_t> & sizes,
+                           const std::vector<std::pair<int32_t, double>> & rescaled) {
               cost_model c;
               c.set_curve(std::move(curve), 0, 0);
               for (const auto & [n, s] : observed) c.observe_verify(n, s);
+              if (!rescaled.empty()) c.rescale(rescaled, 1000);
               std::vector<double> out;
               for (int32_t n : sizes) out.push_back(c.verify(n));
               return out;
           }, py::arg("curve"), py::arg("observed"), py::arg("sizes"),
+          py::arg("rescaled") = std::vector<std::pair<int32_t, double>>(),
           "the round policy's verify cost (seconds) of passes over `sizes` tokens after a measured curve "
-          "[(tokens, seconds)] has seen the observed passes [(tokens, seconds)] in order (test hook)");
-    m.def("cost_rescaled", [](std::vector<std::pair<int32_t, double>> curve,
-                              const std::vector<std::pair<int32_t, double>> & anchors, const std::vector<int32_t> & sizes) {
-              cost_model c;
-              c.set_curve(std::move(curve), 0, 0);
-              c.rescale(anchors, 1000);
-              std::vector<double> out;
-              for (int32_t n : sizes) out.push_back(c.verify(n));
-              return out;
-          }, py::arg("curve"), py::arg("anchors"), py::arg("sizes"),
-          "the round policy's verify cost (seconds) of passes over `sizes` tokens after a measured curve "
-          "[(tokens, seconds)] was rescaled by passes timed at a longer context, anchors [(tokens, seconds)] (test hook)");
+          "[(tokens, seconds)] has seen the observed passes [(tokens, seconds)] in order, then, with `rescaled`, "
+          "passes timed at a longer context [(tokens, seconds)] (test hook)");
     m.def("devices", [] {
               std::vector<py::tuple> out;
               for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {

@@ -146,12 +146,12 @@ def test_a_longer_context_rescales_the_curve_from_a_few_passes():
     step shape between anchors (ggml's blocks of 4) stays."""
     grid = dict(CPU)
     anchors = [(1, 1.2 * grid[1]), (4, 1.5 * grid[4]), (13, 2.0 * grid[13])]
-    got = _core.cost_rescaled(CPU, anchors, [1, 2, 4, 6, 13, 63])
+    got = _core.cost_after(CPU, [], [1, 2, 4, 6, 13, 63], rescaled=anchors)
     want = [1.2 * grid[1], (1.2 + 0.3 / 3) * grid[2], 1.5 * grid[4], (1.5 + 0.5 * 2 / 9) * grid[6],
             2.0 * grid[13], 2.0 * grid[63]]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     # no anchors: nothing moves
-    np.testing.assert_allclose(_core.cost_rescaled(CPU, [], [1, 9]), [grid[1], grid[9]], rtol=1e-6)
+    np.testing.assert_allclose(_core.cost_after(CPU, [], [1, 9], rescaled=[]), [grid[1], grid[9]], rtol=1e-6)
 
 
 def test_suffix_lookup_votes_for_continuations():
