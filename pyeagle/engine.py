@@ -331,8 +331,11 @@ class Engine:
         state: dict = {"stopped_at": None}
         tgt = self.target
 
+        def decode(tokens: list[int]) -> str:
+            return decoder.decode(b"".join(tgt.token_to_piece(t) for t in tokens))
+
         def on_tokens(tokens: list[int]) -> bool:  # once per round, on the compute thread
-            new = "".join(decoder.decode(tgt.token_to_piece(t)) for t in tokens)
+            new = decode(tokens)
             text_parts.append(new)
             if stop:
                 text = "".join(text_parts)
@@ -385,7 +388,7 @@ class Engine:
             raise state["error"]
         tokens, reason, stats = state["result"]
         if not (per_round or stop):
-            text_parts.append(decoder.decode(b"".join(tgt.token_to_piece(t) for t in tokens)))
+            text_parts.append(decode(tokens))
         tail = decoder.decode(b"", final=True)  # a UTF-8 sequence cut off at the end
         text = "".join(text_parts) + tail
         if state["stopped_at"] is not None:

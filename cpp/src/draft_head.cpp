@@ -395,8 +395,7 @@ void draft_head::load(const target & tgt) {
 
     // backend: the device that holds the target's output matrix (a GPU when the output layer is
     // offloaded), so that the head's graph can use it there
-    ggml_backend_dev_t dev = t_out->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t_out->buffer)) : nullptr;
-    if (dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) dev = nullptr;
+    ggml_backend_dev_t dev = accelerator_of(t_out);
     backend_.reset(dev ? ggml_backend_dev_init(dev, nullptr) : ggml_backend_cpu_init());
     if (!backend_) throw std::runtime_error("draft head: cannot initialise a ggml backend");
     set_n_threads(tgt.n_threads());

@@ -324,9 +324,8 @@ void engine::measure_verify_cost(int32_t n_max, int32_t filler) {
 }
 
 // The context has doubled since the curve was measured: passes at 1, 2, 4, 8, 16 tokens and the
-// grid's largest size, each the faster of two, rescale it (cost_model::rescale): ~70 tokens of
-// passes against the whole measurement's ~400 (on this project's CPU ~0.3 s at 400 tokens of
-// context against 1.5 s).
+// grid's largest size, each the faster of two, rescale it (cost_model::rescale): ~0.4 s against
+// ~1.45 s for a whole measurement at 460 tokens on this project's CPU (benchmarks/curve_remeasure.py).
 void engine::rescale_verify_cost(int32_t filler) {
     const auto grid = rs_->cost.grid();
     std::vector<std::pair<int32_t, double>> anchors;

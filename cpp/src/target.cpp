@@ -174,6 +174,11 @@ target::target(const target_params & params) : params_(params) {
 
 target::~target() = default;
 
+ggml_backend_dev_t accelerator_of(const ggml_tensor * t) {
+    ggml_backend_dev_t dev = t && t->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer)) : nullptr;
+    return dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU ? dev : nullptr;
+}
+
 ggml_tensor * target::output_matrix() const {
     std::vector<ggml_tensor *> v = ext::model_tensors(model_.get(), "output.weight");
     if (v.empty()) v = ext::model_tensors(model_.get(), "token_embd.weight");
@@ -181,8 +186,7 @@ ggml_tensor * target::output_matrix() const {
     // kernels), then any; a buffer type without a device (an mmapped file) is the CPU's
     auto rank = [](const ggml_tensor * t) {
         if (!t->buffer) return 3;
-        ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer));
-        if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) return 0;
+        if (accelerator_of(t)) return 0;
         return ggml_backend_buffer_is_host(t->buffer) ? 2 : 1;
     };
     ggml_tensor * best = nullptr;
@@ -409,9 +413,7 @@ void target::own_prefill_logits(bool compare) {
     const int32_t row = n_rows_ - 1;
     if (!row_head_) {
         ggml_tensor * out = output_matrix();
-        ggml_backend_dev_t dev = out && out->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(out->buffer)) : nullptr;
-        const bool on_cpu = out && (!dev || ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU);
-        if (!on_cpu || out->ne[0] != n_embd_ || out->ne[1] != n_vocab_) {
+        if (!out || accelerator_of(out) || out->ne[0] != n_embd_ || out->ne[1] != n_vocab_) {
             own_head_state_ = own_head::off;
             return;
         }
@@ -517,7 +519,8 @@ void target::commit(const std::vector<int32_t> & path) {
     const int32_t last = path.back();
     const llama_seq_id s = tree_seq_[last];
     llama_memory_t mem = llama_get_memory(ctx_.get());
-    // Each of these walks every KV cell (~0.1 ms at n_ctx 4096 here), so a chain, all in seq 0 (a
+    // Each of these walks every KV cell (a commit ~0.07 ms at n_ctx 4096 here: benchmarks/
+    // round_overhead.py), so a chain, all in seq 0 (a
     // plain step, a copy round), pays only for the tail it drops.
     if (tree_n_leaves_ > 1) {
         llama_memory_seq_rm(mem, s, n_past() + tree_depth_[last] + 1, -1);  // the unverified tail below `last`

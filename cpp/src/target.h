@@ -23,6 +23,10 @@ namespace pyeagle {
 
 class row_head;  // target.cpp: the LM head over one hidden row, in a graph of its own
 
+// The device other than the CPU whose buffer holds a weight tensor (a GPU), or nullptr: on the CPU,
+// in host memory, or in an mmapped file (a buffer type without a device).
+ggml_backend_dev_t accelerator_of(const ggml_tensor * t);
+
 struct target_params {
     std::string path;
     int32_t n_ctx        = 4096;
