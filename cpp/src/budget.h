@@ -127,7 +127,9 @@ size_choice best_size(const std::vector<double> & a_desc, double sunk, const cos
 // verifying or not).
 // Realised tokens, not estimates, so that a miscalibrated head cannot keep itself running. While
 // the average is negative the head sits out, except every few rounds (8, doubling while those
-// explorations keep failing, up to 64), to notice when it pays again.
+// explorations keep failing, up to 256), to notice when it pays again. An exploration pays the
+// head's catch-up over every token since it last ran and a whole tree: on a CPU where the head does
+// not pay, a cap of 64 cost 2% against 256 (docs/BENCHMARKS.md, "How the policy was tuned").
 class head_gate {
 public:
     bool run(bool lookup_pays);
@@ -137,7 +139,7 @@ public:
     void end(int32_t tokens, double seconds);
 
 private:
-    static constexpr int32_t explore_min = 8, explore_max = 64;
+    static constexpr int32_t explore_min = 8, explore_max = 256;
     std::array<double, 2> gain_{{1.0, 1.0}};  // EMA of the gain in tokens; optimistic until measured
     std::array<int32_t, 2> skipped_{};
     std::array<int32_t, 2> explore_{{explore_min, explore_min}};  // doubles while explorations fail
