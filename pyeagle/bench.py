@@ -194,6 +194,21 @@ def prompt_ratios(runs: Sequence[PromptRun]) -> dict[str, list[float]]:
     return out
 
 
+def peer_draft_split(runs: Sequence[PromptRun]) -> str:
+    """The ratios on the prompts where llama.cpp's speculation drafted nothing (its plain steps
+    against ours) and on those where it drafted (where n-gram copying competes)."""
+    with_peer = [r for r in runs if r.peer and r.eagle and r.peer.get("n_drafted") is not None]
+    parts = []
+    for rs, where in (([r for r in with_peer if r.peer["n_drafted"] == 0], "drafted nothing"),
+                      ([r for r in with_peer if r.peer["n_drafted"] > 0], "drafted")):
+        if rs:
+            pr = prompt_ratios(rs)
+            parts.append(f"on the {len(rs)} prompts where it {where}, spec / plain "
+                         f"{fmt(gmean(pr['peer']), '.2f')}, EAGLE / plain {fmt(gmean(pr['eagle']), '.2f')}, "
+                         f"EAGLE / spec {fmt(gmean(pr['eagle_peer']), '.2f')}")
+    return ("Split by whether the peer drafted: " + "; ".join(parts) + ".") if parts else ""
+
+
 def summarize(runs: Sequence[PromptRun], greedy: bool) -> dict:
     plain, eagle, llama, spec = Agg(), Agg(), Agg(), Agg()
     for r in runs:
@@ -828,6 +843,8 @@ def bench(args: argparse.Namespace) -> int:
                 line += "; EAGLE / spec at the same length " + ", ".join(
                     f"{fmt(gmean(prompt_ratios(rs)['eagle_peer_len']), '.2f')} {where}" for rs, where in groups if rs)
             print(line + ".")
+        if eng.has_draft:
+            print(peer_draft_split(runs))
         print()
     if lossless:
         print("## Greedy losslessness under kernel noise\n")

@@ -185,6 +185,19 @@ def test_peer_answer_text_and_agreement():
     assert bench.peer_text_agreement(runs) == (2, 3, [6])
 
 
+def test_peer_draft_split():
+    q = bench.BenchPrompt("1", "writing", "Hi")
+    out = lambda tps: SimpleNamespace(stats=SimpleNamespace(tokens_per_s=tps))  # noqa: E731
+    run = lambda plain, eagle, spec, drafted: bench.PromptRun(  # noqa: E731
+        q, [1], out(plain), eagle=out(eagle), peer={"tokens_per_s": spec, "n_drafted": drafted})
+    runs = [run(100, 110, 98, 0), run(100, 121, 98, 0), run(100, 150, 200, 64)]
+    line = bench.peer_draft_split(runs)
+    # drafted nothing: spec / plain 0.98, EAGLE / plain sqrt(1.1 * 1.21) = 1.15, EAGLE / spec 1.15 / 0.98
+    assert "the 2 prompts where it drafted nothing, spec / plain 0.98, EAGLE / plain 1.15, EAGLE / spec 1.18" in line
+    assert "the 1 prompts where it drafted, spec / plain 2.00, EAGLE / plain 1.50, EAGLE / spec 0.75" in line
+    assert bench.peer_draft_split([bench.PromptRun(q, [1], out(100))]) == ""
+
+
 def test_cmake_isa_args_match_setup_script(monkeypatch):
     script = Path(__file__).parent.parent / "scripts" / "cmake_args.sh"
     if not script.exists():
