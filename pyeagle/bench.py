@@ -114,7 +114,7 @@ class Agg:
     t_draft: float = 0.0
     t_verify: float = 0.0
     hist: list[int] = field(default_factory=list)  # [k]: rounds that accepted k drafts
-    lookup_accepted: int = 0  # accepted drafts that only prompt lookup proposed
+    lookup_accepted: int = 0  # accepted drafts that only a copy source proposed
     kind_rounds: dict = field(default_factory=dict)  # round kind (plain / lookup / head) -> rounds
     kind_tokens: dict = field(default_factory=dict)  # ... -> tokens those rounds emitted
 
@@ -145,7 +145,7 @@ class Agg:
 
     @property
     def lookup_share(self) -> float:
-        """Of the accepted drafts, the fraction that only prompt lookup proposed."""
+        """Of the accepted drafts, the fraction that only a copy source (prompt lookup, suffix tree) proposed."""
         accepted = self.tokens - self.n_runs - self.passes
         return self.lookup_accepted / accepted if accepted > 0 else 0.0
 
@@ -467,7 +467,8 @@ def file_fact(path: str | None) -> str:
 
 def tree_extras(s: dict) -> str:
     out = " (cost-aware size)" if s.get("adaptive") else ""
-    out += f", prompt lookup {s['n_lookup']}" if s.get("n_lookup") else ", no prompt lookup"
+    copies = "suffix tree" if s.get("suffix") and not s.get("store") else "prompt lookup"
+    out += f", copies: {copies} {s['n_lookup']}" if s.get("n_lookup") else ", no copies"
     return out + (f", p_min {s['p_min']}" if s.get("p_min") else "")
 
 
@@ -917,7 +918,8 @@ def tree_sweep(args: argparse.Namespace) -> int:
                 [[str(p["n_tree"]), f"{p['verify_ms']:.2f}", f"{p['verify_steps']:.2f}", fmt(p["draft_ms_per_round"], ".2f"),
                   fmt(p["tau"], ".2f"), fmt(p["lookup_share"], ".0%"), fmt(p["eagle_tps"]), fmt(p["speedup"], ".2f")]
                  for p in points]) + "\n")
-    print("from lookup = the share of accepted drafts that only prompt lookup proposed (not also a head draft).\n")
+    print("from lookup = the share of accepted drafts that only a copy source (prompt lookup or suffix tree) proposed "
+          "(not also a head draft).\n")
     best = max((p for p in points if p["speedup"] is not None), key=lambda p: p["speedup"], default=None)
     if best:
         print(f"Fastest: n_tree = {best['n_tree']} ({best['speedup']:.2f}x, tau {best['tau']:.2f}).\n")

@@ -23,7 +23,7 @@ Prompt = Union[str, Sequence[int]]
 # machine (a 2-core CPU pays 2.4 single steps for 3 tokens, a GPU about one for 60) and the
 # acceptance rates of its drafts. So one set of defaults serves CPUs and GPUs. adaptive=False turns
 # the policy off: every round then verifies the head's n_tree best drafts (the tree sweep's mode).
-DEFAULT_TREE = dict(n_depth=8, n_top_k=8, n_tree=64, p_min=0.0, adaptive=True, n_lookup=64, suffix=False,
+DEFAULT_TREE = dict(n_depth=8, n_top_k=8, n_tree=64, p_min=0.0, adaptive=True, n_lookup=64, suffix=True,
                     copy_only=False, store=False)
 
 # The tree options in llama.cpp-style spelling, shared by the chat and bench command lines.
@@ -45,7 +45,7 @@ def add_tree_args(ap) -> None:
                          "(default: on); --no-draft-adaptive verifies --draft-tree head drafts every round")
     ap.add_argument("--draft-suffix", dest="suffix", action=argparse.BooleanOptionalAction, default=None,
                     help="copy drafts from a suffix tree of the context (every earlier occurrence of the "
-                         "matched suffix votes) instead of prompt-lookup chains (default: off)")
+                         "matched suffix votes); --no-draft-suffix: prompt-lookup chains (default: on)")
     ap.add_argument("--draft-copy-only", dest="copy_only", action=argparse.BooleanOptionalAction, default=None,
                     help="draft only copies (prompt lookup / suffix tree), never the head (default: off)")
     ap.add_argument("--draft-store", dest="store", action=argparse.BooleanOptionalAction, default=None,

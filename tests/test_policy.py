@@ -226,7 +226,9 @@ def test_a_remembered_output_is_copied_and_greedy_stays_exact(tiny_f32, referenc
     eng.remember(reference[p])
     assert eng.n_remembered == len(reference[p])
     again = eng.generate(p, remember=False, **kw)
-    off = eng.generate(p, store=False, **kw)  # the store off: nothing copied from it, nothing kept
+    # the store off (and prompt lookup, which the store otherwise implies over the default suffix
+    # tree): nothing copied from it, nothing kept
+    off = eng.generate(p, store=False, suffix=False, **kw)
     assert eng.n_remembered == len(reference[p])
     assert fresh.tokens == again.tokens == off.tokens == reference[p]
     assert again.stats.n_lookup_accepted > fresh.stats.n_lookup_accepted + 20

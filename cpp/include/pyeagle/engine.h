@@ -49,13 +49,15 @@ struct gen_params {
     // the target verifies them like any draft, so output is unchanged.
     int32_t  n_lookup    = 64;
     // copy drafts from a suffix tree (every earlier occurrence of the matched suffix votes for its
-    // continuation; a tree of up to n_lookup nodes scored by votes, SuffixDecoding-style) instead of
-    // prompt-lookup chains
-    bool     suffix      = false;
+    // continuation; a tree of up to n_lookup nodes scored by votes, SuffixDecoding-style); false:
+    // prompt-lookup chains. On by default: 1.03x prompt lookup under the round policy on this
+    // project's CPU (docs/BENCHMARKS.md, "How the policy was tuned")
+    bool     suffix      = true;
     // draft only copies (prompt lookup or the suffix tree), never the head; also without a head
     bool     copy_only   = false;
     // copy drafts also from this engine's earlier outputs (engine::remember): the continuation of the
-    // context's longest match there competes with the prompt-lookup chain (not with the suffix tree).
+    // context's longest match there competes with the prompt-lookup chain, so copies are prompt-lookup
+    // chains with it on, whatever `suffix`.
     // Off by default: on this project's CPU it measured no faster (docs/BENCHMARKS.md)
     bool     store       = false;
     // with the store on, keep this generation's output for later ones (engine::remember)
