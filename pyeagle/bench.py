@@ -203,7 +203,7 @@ def peer_draft_split(runs: Sequence[PromptRun]) -> str:
                       ([r for r in with_peer if r.peer["n_drafted"] > 0], "drafted")):
         if rs:
             pr = prompt_ratios(rs)
-            parts.append(f"on the {len(rs)} prompts where it {where}, spec / plain "
+            parts.append(f"on the {len(rs)} prompt{'' if len(rs) == 1 else 's'} where it {where}, spec / plain "
                          f"{fmt(gmean(pr['peer']), '.2f')}, EAGLE / plain {fmt(gmean(pr['eagle']), '.2f')}, "
                          f"EAGLE / spec {fmt(gmean(pr['eagle_peer']), '.2f')}")
     return ("Split by whether the peer drafted: " + "; ".join(parts) + ".") if parts else ""

@@ -194,7 +194,7 @@ def test_peer_draft_split():
     line = bench.peer_draft_split(runs)
     # drafted nothing: spec / plain 0.98, EAGLE / plain sqrt(1.1 * 1.21) = 1.15, EAGLE / spec 1.15 / 0.98
     assert "the 2 prompts where it drafted nothing, spec / plain 0.98, EAGLE / plain 1.15, EAGLE / spec 1.18" in line
-    assert "the 1 prompts where it drafted, spec / plain 2.00, EAGLE / plain 1.50, EAGLE / spec 0.75" in line
+    assert "the 1 prompt where it drafted, spec / plain 2.00, EAGLE / plain 1.50, EAGLE / spec 0.75" in line
     assert bench.peer_draft_split([bench.PromptRun(q, [1], out(100))]) == ""
 
 

@@ -50,7 +50,7 @@ struct gen_params {
     int32_t  n_lookup    = 64;
     // copy drafts from a suffix tree (every earlier occurrence of the matched suffix votes for its
     // continuation; a tree of up to n_lookup nodes scored by votes, SuffixDecoding-style); false:
-    // prompt-lookup chains. On by default: 1.03x prompt lookup under the round policy on this
+    // prompt-lookup chains. On by default: about 1.01x prompt lookup under the round policy on this
     // project's CPU (docs/BENCHMARKS.md, "How the policy was tuned")
     bool     suffix      = true;
     // draft only copies (prompt lookup or the suffix tree), never the head; also without a head
