@@ -23,16 +23,6 @@ from pyeagle.bench import load_prompts, mtbench_file
 from pyeagle.template import ChatTemplate
 
 
-def q4_0(w: np.ndarray) -> np.ndarray:
-    """ggml's Q4_0 round trip: blocks of 32, scale = the largest magnitude / -8, 4-bit codes."""
-    b = w.reshape(-1, 32)
-    mx = b[np.arange(len(b)), np.argmax(np.abs(b), axis=1)]
-    d = mx / -8.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.clip(np.round(np.where(d[:, None] != 0, b / d[:, None], 0)) + 8, 0, 15)
-    return ((q - 8) * d[:, None]).reshape(w.shape)
-
-
 def main() -> None:
     n_prompts = int(sys.argv[1]) if len(sys.argv) > 1 else 12
     eng = Engine(draft=None, n_threads=2)
@@ -40,7 +30,8 @@ def main() -> None:
     te = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
     n_vocab, n_embd = int(te.shape[1]), int(te.shape[0])
     W = gguf.quants.dequantize(te.data, te.tensor_type).reshape(n_vocab, n_embd).astype(np.float32)
-    W4 = q4_0(W)
+    q4 = gguf.GGMLQuantizationType.Q4_0
+    W4 = gguf.quants.dequantize(gguf.quants.quantize(W, q4), q4).reshape(W.shape)
     err = np.linalg.norm(W - W4, axis=1)
     print(f"Q4_0 error norm per row: median {np.median(err):.3f}, max {err.max():.3f}; "
           f"row norm median {np.median(np.linalg.norm(W, axis=1)):.3f}")

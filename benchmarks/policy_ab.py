@@ -21,11 +21,7 @@ import statistics
 import sys
 
 from pyeagle import Engine
-from pyeagle.bench import load_prompts, mtbench_file
-
-
-def gmean(xs: list[float]) -> float:
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+from pyeagle.bench import gmean, load_prompts, mtbench_file
 
 
 def main() -> int:

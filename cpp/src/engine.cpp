@@ -236,8 +236,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
         ctx.assign(target_->tokens().begin(), target_->tokens().end());
         ctx.push_back(root);
     }
-    // the store competes with a prompt-lookup chain: with it on, copies are chains whatever gp.suffix
-    rs.lookup.propose(ctx, n_len, n_chains, gp.suffix && !gp.store, rs.acc, gp.store ? &rs.store : nullptr);
+    rs.lookup.propose(ctx, n_len, n_chains, gp.suffix, rs.acc, gp.store ? &rs.store : nullptr);
 
     round_kind kind = has_head ? round_kind::head : round_kind::plain;
     size_choice alone;  // the best head-free option: m = 0 is a plain step

@@ -112,7 +112,7 @@ void lookup_source::propose(const std::vector<llama_token> & ctx, int32_t n_len,
         for (int32_t j = 1; j < depth; ++j) a *= acc.lookup_next(n_match + j, streak_, stored);
         return a;
     };
-    if (suffix) {
+    if (suffix && !store) {  // the store's continuation competes with prompt-lookup chains, not a tree
         const suffix_draft d = suffix_lookup(ctx, n_match_max, n_len, n_len * 2);
         if (d.n_occ == 0) return;
         const int32_t cap = n_len_cap(d.n_match);

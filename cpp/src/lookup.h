@@ -55,9 +55,9 @@ public:
     int32_t n_len_cap(int32_t n_match) const { return std::max({n_len_min, 2 * n_run_, 2 * n_match}); }
 
     // This round's proposal for `context` (committed tokens + root), at most n_len deep: n_chains
-    // prompt-lookup chains, or (suffix) one suffix tree of at most n_len nodes. With a `store`, the
-    // continuation of the context's longest match in the engine's earlier outputs competes with the
-    // chains: the chain whose first step is likeliest comes first (a round without the head verifies
+    // prompt-lookup chains, or (suffix) one suffix tree of at most n_len nodes. With a `store` (which
+    // overrides `suffix`), the continuation of the context's longest match in the engine's earlier
+    // outputs competes with the chains: the chain whose first step is likeliest comes first (a round without the head verifies
     // only that one). Each node gets its estimated acceptance a: the chance that it and its
     // ancestors are accepted.
     void propose(const std::vector<llama_token> & context, int32_t n_len, int32_t n_chains, bool suffix,
