@@ -55,6 +55,35 @@ def test_lookup_only_rounds_copy_repeats(tiny_f32, reference, random_heads):
     assert out.stats.n_lookup_accepted > 0 and out.stats.tau > 1.0
 
 
+@pytest.mark.parametrize("drafter,pattern", [("oracle", ["head"]), ("oracle", []), ("eagle12", ["lookup"])],
+                         ids=["oracle-head", "oracle-policy", "lookup"])
+def test_no_draft_reaches_past_max_tokens(tiny_f32, reference, random_heads, drafter, pattern):
+    """A round emits its accepted drafts and one token more, so a draft deeper than the tokens still
+    wanted minus one is verified for nothing: every round's tree stays within that depth. The
+    oracle's drafts are all right, so its rounds draft as deep as the budget lets them."""
+    if drafter == "oracle":
+        eng = Engine(str(tiny_f32), draft=None, **EXACT)
+        eng._core.set_draft_oracle(TargetOracle(str(tiny_f32)))
+    else:
+        eng = Engine(str(tiny_f32), draft=str(random_heads[drafter]), **EXACT)
+    eng._core.set_forced_kinds(pattern)
+    eng._core.set_trace(True)
+    max_tokens, cut = 15, 0
+    n_prompt = len(eng.tokenize(REPEAT))
+    out = eng.generate(REPEAT, max_tokens=max_tokens, n_tree=16, n_lookup=16, n_depth=8, n_top_k=2,
+                       adaptive=not pattern)
+    assert out.tokens == reference[REPEAT][:max_tokens]
+    for n_past, kind, toks, par in eng._core.trace():
+        depth = [0] * len(par)
+        for i in range(1, len(par)):
+            depth[i] = depth[par[i]] + 1
+        left = max_tokens - (n_past - n_prompt + 1)  # the round's root is emitted, not yet in the KV
+        assert max(depth) <= left - 1, (kind, left, depth)
+        cut += 0 < max(depth) == left - 1 < 8
+    if pattern == ["head"]:
+        assert cut > 0  # a round near the end drafted exactly as deep as the budget allowed
+
+
 def test_a_head_that_sat_out_drafts_what_one_that_never_did_drafts(tiny_f32, random_heads):
     """Rounds without the head leave its KV behind; the next head round catches up in one batched
     prefix pass. Its trees must equal those of an engine whose head ran every round, at the same

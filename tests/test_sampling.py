@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pyeagle import Engine, Target
+from pyeagle import Engine, Target, _core
+from pyeagle.engine import with_overrides
 from tiny_gguf import TinySpec, write_tiny_llama
 
 EXACT = dict(n_ctx=256, n_threads=1, flash_attn=0, kv_f32=True)
@@ -113,14 +114,29 @@ def draw(model: str, temperature: float, top_p: float, top_k: int, broken: int =
     eng._core.set_draft_oracle(Oracle(model))
     eng._core.set_forced_kinds(list(forced))
     eng._core.set_broken_acceptance(broken)
+    ids = eng.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    gp = _core.GenParams()
+    for name, value in with_overrides(eng.tree, **tree).items():
+        setattr(gp, name, value)
+    gp.temperature, gp.top_p, gp.top_k = temperature, top_p, top_k
+    # The engine drafts no deeper than the tokens still wanted: it is asked for a tree's size more,
+    # so that the rounds that decide the first n_tokens draft in full, and stopped (by the round
+    # callback) after the round that reaches n_tokens, so that the stats are those rounds'.
+    gp.max_tokens = n_tokens + gp.n_tree
     out = []
     for seed in range(n):
-        res = eng.generate(prompt, max_tokens=n_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                           **tree)
-        assert len(res.tokens) == n_tokens or res.stop_reason == "eog"
-        out.append(tuple(res.tokens))
+        gp.seed = seed
+        got = [0]
+
+        def more(tokens: list[int]) -> bool:
+            got[0] += len(tokens)
+            return got[0] < n_tokens
+
+        tokens, reason, st = eng._core.generate(ids, gp, more)
+        assert len(tokens) >= n_tokens or reason == "eog"
+        out.append(tuple(tokens[:n_tokens]))
         if stats is not None:
-            stats.append(res.stats)
+            stats.append(st)
     return out
 
 

@@ -225,7 +225,7 @@ round_kind engine::plan_round(int32_t root, const gen_params & gp, draft_tree & 
     const auto t0 = clock_t_::now();
     const float min_score = gp.p_min > 0.0f ? std::log(gp.p_min) : -INFINITY;
     const bool policy = gp.adaptive && rs.cost.has_curve();
-    const bool has_head = (head_ || oracle_) && !gp.copy_only;
+    const bool has_head = (head_ || oracle_) && !gp.copy_only && gp.n_tree > 0;
     // more chains only in bigger fixed trees: with few places a chain that misses displaces a better
     // draft. The policy takes one: its estimates are for the best match; other continuations are
     // the suffix tree's business, which weighs them by their votes.
@@ -451,8 +451,14 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
                 st.accepted_hist.resize(std::max<size_t>(st.accepted_hist.size(), 1));
                 st.accepted_hist[0]++;
             } else {
+                // a round emits its accepted drafts and one token more: drafts deeper than the tokens
+                // still wanted are verified for nothing (the last round of a long copy: ~1.5% of an
+                // MT-bench answer's time, docs/BENCHMARKS.md "Drafts past max_tokens")
+                const int32_t left = gp.max_tokens - (int32_t) res.tokens.size();
                 gen_params g = gp;
-                g.n_tree = std::min({gp.n_tree, target_->n_batch() - 1, target_->n_ctx() - n_past - 1});
+                g.n_tree = left > 1 ? std::min({gp.n_tree, target_->n_batch() - 1, target_->n_ctx() - n_past - 1}) : 0;
+                g.n_depth = std::max(1, std::min(gp.n_depth, left - 1));
+                g.n_lookup = std::min(gp.n_lookup, left - 1);
                 kind = plan_round(root, g, tree, st);
                 t0 = clock_t_::now();
                 target_->verify(tree.token.data(), tree.parent.data(), tree.size());

@@ -131,7 +131,8 @@ def tree_tau(head, chunks: Sequence[dict], n_tree: int = 8, depth: int = 6, top_
     """Fixed-text tree tau of `head` (a pyeagle DraftHead) over every answer turn of `chunks`
     (`train.data.load`): per turn, the first answer token is the first root (decoding samples it from
     the prefill), and each round emits its accepted drafts plus the bonus token, up to max_answer
-    tokens or the turn's end. trace: if a list, each round's (root position, tree tokens, tree
+    tokens or the turn's end. Where max_answer cuts the turn, rounds draft no deeper than the tokens
+    still wanted less one, as the engine does under max_tokens. trace: if a list, each round's (root position, tree tokens, tree
     parents, margin) is appended, root first, in the engine's order (its round trace); margin: the
     score of the last kept candidate less the best one left out (near 0: a tie decided the tree)."""
     from tqdm import tqdm
@@ -150,12 +151,20 @@ def tree_tau(head, chunks: Sequence[dict], n_tree: int = 8, depth: int = 6, top_
             r = r0         # the root: the last token emitted; the target's KV holds positions < r
             emitted, rounds = 1, 0  # the first answer token comes from the prefill
             while r + 1 < end:
+                # as the engine under max_tokens: no draft deeper than the tokens still wanted less one
+                d_max = min(depth, end - r - 2) if r0 + max_answer <= r1 else depth
+                if d_max < 1:  # one token left: a plain step
+                    if trace is not None:
+                        trace.append((r, [int(toks[r])], [-1], math.inf))
+                    out.accepted_depth[0] += 1
+                    emitted, rounds, r = emitted + 1, rounds + 1, r + 1
+                    continue
                 head.rollback()
                 head.prefix([int(x) for x in toks[committed + 1:r + 1]],
                             np.ascontiguousarray(feats[committed:r], np.float32), committed)
                 committed = r
                 keep, cands = grow_tree(head, int(toks[r]), r, head.y()[-1].copy(), head.logits()[-1].copy(),
-                                        n_tree, depth, top_k, powers)
+                                        n_tree, d_max, top_k, powers)
                 if trace is not None:
                     node = {k: i + 1 for i, k in enumerate(keep)}
                     scores = sorted((float(x.score) for x in cands), reverse=True)
