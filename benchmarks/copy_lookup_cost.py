@@ -2,7 +2,7 @@
 of 512 to 16384 tokens of real text (the target's tokens of MT-bench-style answers, repeated to
 reach the longer lengths), median of 50 calls each. Calls go through the bindings
 (`_core.prompt_lookup` / `_core.suffix_lookup`, as the engine calls them each round, with its
-arguments: matches up to 32 tokens, copies up to 64, a tree of up to 128 nodes), so each time
+arguments: matches up to 128 tokens, copies up to 64, a tree of up to 128 nodes), so each time
 includes converting the context from a Python list: compare the two columns, not the absolute.
 
     cd docs && python ../benchmarks/copy_lookup_cost.py [BENCH.json]
@@ -37,7 +37,7 @@ def main() -> None:
     for n in (512, 2048, 4096, 16384):
         ctx = toks[-n:] if n <= len(toks) else (toks * (n // len(toks) + 1))[:n]
         row = []
-        for f in (lambda: _core.prompt_lookup(ctx, 32, 64, 1), lambda: _core.suffix_lookup(ctx, 32, 64, 128)):
+        for f in (lambda: _core.prompt_lookup(ctx, 128, 64, 1), lambda: _core.suffix_lookup(ctx, 128, 64, 128)):
             ts = []
             for _ in range(50):
                 t0 = time.perf_counter()

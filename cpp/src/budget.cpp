@@ -102,7 +102,7 @@ int32_t acceptance::q_bucket(double q) { return std::clamp((int32_t) (q * n_q), 
 
 int32_t acceptance::match_bucket(int32_t n_match) {
     if (n_match <= 4) return std::max(n_match, 1) - 1;
-    return n_match < 8 ? 4 : n_match < 16 ? 5 : n_match < 32 ? 6 : 7;
+    return n_match < 8 ? 4 : n_match < 16 ? 5 : n_match < 32 ? 6 : n_match < 64 ? 7 : n_match < 128 ? 8 : 9;
 }
 
 double acceptance::head(int32_t depth, double q) const {

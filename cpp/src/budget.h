@@ -70,7 +70,7 @@ private:
 // Calibrated acceptance: the chance that a draft step is accepted given that its parent was.
 class acceptance {
 public:
-    static constexpr int32_t n_depth = 8, n_q = 10, n_match = 8;
+    static constexpr int32_t n_depth = 8, n_q = 10, n_match = 10;
     // head drafts: by depth (1.., the last bucket holds deeper ones) and the head's probability q of
     // the step; the prior is q itself (EAGLE-2's observation that the head is roughly calibrated)
     double head(int32_t depth, double q) const;
@@ -78,8 +78,11 @@ public:
     // copy steps, each by its source (this context, or the engine's earlier outputs: `stored`) and
     // by whether the round before accepted a copied step (inside a repeat or not): the first step of
     // a chain by match length, further steps by the match length they continue (the chain's match
-    // plus the steps before them: a repeat grows more certain as it goes)
-    static int32_t match_bucket(int32_t n_match);  // 1, 2, 3, 4, 5-7, 8-15, 16-31, 32+ -> 0..7
+    // plus the steps before them: a repeat grows more certain as it goes). Buckets up to 128+ so
+    // that a loop (its last 64 or 128 tokens seen before) learns its own near-certain rate, not that
+    // of every copy past 32 tokens: 1.012x (s.e. 0.009), 1.05x on the prompts that loop
+    // (docs/BENCHMARKS.md, "How the policy was tuned")
+    static int32_t match_bucket(int32_t n_match);  // 1, 2, 3, 4, 5-7, 8-15, 16-31, 32-63, 64-127, 128+ -> 0..9
     double lookup_first(int32_t n_match, bool streak, bool stored = false) const;
     double lookup_next(int32_t n_match, bool streak, bool stored = false) const;
     void count_lookup(int32_t n_match, bool streak, int32_t step, bool hit, bool stored = false);

@@ -47,7 +47,7 @@ suffix_draft suffix_lookup(const std::vector<llama_token> & context, int32_t n_m
 
 class lookup_source {
 public:
-    static constexpr int32_t n_match_max = 32;
+    static constexpr int32_t n_match_max = 128;
     // Depth cap, like a slow start: a copy that fails at once costs a whole verify pass of its
     // length, so copies grow only as fast as repeats prove themselves: at most twice the copied
     // tokens the round before accepted or twice the matched suffix, and at least n_len_min.

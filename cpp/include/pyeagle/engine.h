@@ -43,7 +43,7 @@ struct gen_params {
     // maximise expected tokens per second from this engine's measured verify cost curve, head cost
     // and calibrated acceptance rates. false: every round drafts the head's n_tree best nodes.
     bool     adaptive    = true;
-    // prompt lookup: chains of up to n_lookup tokens copied from where the context's last 1-16 tokens
+    // prompt lookup: chains of up to n_lookup tokens copied from where the context's last 1-128 tokens
     // occurred before join the tree (0: off); with the policy off, one chain per 15 places of n_tree,
     // 1 to 4. They compete for the tree's places with the head's drafts by their measured acceptance;
     // the target verifies them like any draft, so output is unchanged.
