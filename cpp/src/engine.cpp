@@ -452,8 +452,8 @@ gen_result engine::generate(const std::vector<int32_t> & prompt, const gen_param
                 st.accepted_hist[0]++;
             } else {
                 // a round emits its accepted drafts and one token more: drafts deeper than the tokens
-                // still wanted are verified for nothing (the last round of a long copy: ~1.5% of an
-                // MT-bench answer's time, docs/BENCHMARKS.md "Drafts past max_tokens")
+                // still wanted less one are verified for nothing (the last rounds of long copies: ~1%
+                // of MT-bench's verify time, benchmarks/budget_waste.py)
                 const int32_t left = gp.max_tokens - (int32_t) res.tokens.size();
                 gen_params g = gp;
                 g.n_tree = left > 1 ? std::min({gp.n_tree, target_->n_batch() - 1, target_->n_ctx() - n_past - 1}) : 0;

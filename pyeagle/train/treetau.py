@@ -132,9 +132,10 @@ def tree_tau(head, chunks: Sequence[dict], n_tree: int = 8, depth: int = 6, top_
     (`train.data.load`): per turn, the first answer token is the first root (decoding samples it from
     the prefill), and each round emits its accepted drafts plus the bonus token, up to max_answer
     tokens or the turn's end. Where max_answer cuts the turn, rounds draft no deeper than the tokens
-    still wanted less one, as the engine does under max_tokens. trace: if a list, each round's (root position, tree tokens, tree
-    parents, margin) is appended, root first, in the engine's order (its round trace); margin: the
-    score of the last kept candidate less the best one left out (near 0: a tie decided the tree)."""
+    still wanted less one, as the engine does under max_tokens. trace: if a list, each round's (root
+    position, tree tokens, tree parents, margin) is appended, root first, in the engine's order (its
+    round trace); margin: the score of the last kept candidate less the best one left out (near 0: a
+    tie decided the tree)."""
     from tqdm import tqdm
 
     out = TreeTau(accepted_depth=[0] * (depth + 1))
