@@ -17,6 +17,7 @@ import math
 
 from pyeagle import Engine
 from pyeagle.bench import load_prompts, mtbench_file
+from round_efficiency import cost_of
 
 
 def depth_cut_size(parents: list[int], max_depth: int) -> int:
@@ -33,11 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     eng = Engine(n_threads=2)
     eng.warm_up()
-    curve = dict(eng._core.verify_curve())
-    sizes = sorted(curve)
-
-    def price(n: int) -> float:  # a size between measured ones costs what the next measured one does
-        return next((curve[s] for s in sizes if s >= n), curve[sizes[-1]] * n / sizes[-1])
+    # the engine's own curve, priced by the policy's rule (round_efficiency.cost_of)
+    price = cost_of(",".join(f"{n}:{s}" for n, s in eng._core.verify_curve()))
 
     eng._core.set_trace(True)
     prompts = load_prompts(mtbench_file())[: args.limit or None]

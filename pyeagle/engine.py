@@ -314,6 +314,17 @@ class Engine:
         defaults.update(kw)
         return defaults
 
+    def _gen_params(self, max_tokens=256, temperature=0.0, top_p=1.0, top_k=0, seed=0, stop_token_ids=(), draft=True,
+                    remember=True, **tree) -> _core.GenParams:
+        """The C++ loop's parameters: the tree options given (not None), else the engine's."""
+        gp = _core.GenParams()
+        for name, value in with_overrides(self.tree, **tree).items():
+            setattr(gp, name, value)
+        gp.draft, gp.temperature, gp.top_p, gp.top_k = bool(draft), float(temperature), float(top_p), int(top_k)
+        gp.remember = bool(remember)
+        gp.seed, gp.max_tokens, gp.stop_tokens = int(seed), int(max_tokens), [int(t) for t in stop_token_ids]
+        return gp
+
     def _run(self, prompt, max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, draft, remember=True,
              per_round=True, **tree):
         """Yields the text once per round (per_round=True), then the Output. Without pieces and stop
@@ -324,7 +335,6 @@ class Engine:
             raise ValueError("empty prompt")
         if isinstance(stop, str):
             stop = [stop]
-        tree = with_overrides(self.tree, **tree)  # the tree options (DEFAULT_TREE's keys) given, else the engine's
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text_parts: list[str] = []
         pieces: queue.Queue = queue.Queue()
@@ -346,12 +356,7 @@ class Engine:
             pieces.put(new)
             return True
 
-        gp = _core.GenParams()
-        for name, value in tree.items():
-            setattr(gp, name, value)
-        gp.draft, gp.temperature, gp.top_p, gp.top_k = bool(draft), float(temperature), float(top_p), int(top_k)
-        gp.remember = bool(remember)
-        gp.seed, gp.max_tokens, gp.stop_tokens = int(seed), int(max_tokens), [int(t) for t in stop_token_ids]
+        gp = self._gen_params(max_tokens, temperature, top_p, top_k, seed, stop_token_ids, draft, remember, **tree)
 
         done = threading.Event()
 

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pyeagle import Engine, Target, _core
-from pyeagle.engine import with_overrides
+from pyeagle import Engine, Target
 from tiny_gguf import TinySpec, write_tiny_llama
 
 EXACT = dict(n_ctx=256, n_threads=1, flash_attn=0, kv_f32=True)
@@ -115,10 +114,7 @@ def draw(model: str, temperature: float, top_p: float, top_k: int, broken: int =
     eng._core.set_forced_kinds(list(forced))
     eng._core.set_broken_acceptance(broken)
     ids = eng.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    gp = _core.GenParams()
-    for name, value in with_overrides(eng.tree, **tree).items():
-        setattr(gp, name, value)
-    gp.temperature, gp.top_p, gp.top_k = temperature, top_p, top_k
+    gp = eng._gen_params(temperature=temperature, top_p=top_p, top_k=top_k, **tree)
     # The engine drafts no deeper than the tokens still wanted: it is asked for a tree's size more,
     # so that the rounds that decide the first n_tokens draft in full, and stopped (by the round
     # callback) after the round that reaches n_tokens, so that the stats are those rounds'.
